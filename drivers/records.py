@@ -1,0 +1,131 @@
+"""The records drivers produce, protocol-independent: sales, nozzle states, totalizer snapshots,
+alarms and events, each a dict ready for the store (stream, kind, natural key, time, body).
+
+Also owns the metering checks every sale goes through, and the GB/T 9081-2023 identity fields a
+vendor driver fills (nozzle unique ID, core-part IDs, software ID, lock state).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from decimal import Decimal
+
+from collector import clock
+from drivers.numbers import scaled
+
+# Nozzle states the platform sees
+IDLE, CALLING, AUTHORIZED, FUELLING, OFFLINE, ERROR = "idle", "calling", "authorized", "fuelling", "offline", "error"
+
+
+@dataclass(frozen=True)
+class NozzleIdentity:
+    """GB/T 9081-2023 fields. The field interface of that standard is not public: vendor drivers
+    fill what their dispenser gives, public protocols fill what they can (DART DC9 pump identity)."""
+
+    nozzle_uid: str | None = None
+    main_board_id: str | None = None
+    monitor_mcu_id: str | None = None
+    encoder_id: str | None = None
+    safety_device_id: str | None = None
+    software_id: str | None = None
+    lock_state: str | None = None  # unlocked / locked / None when unknown
+    pump_identity: str | None = None
+
+
+def sale_stream(nozzle_id: int) -> str:
+    return f"sale:{nozzle_id}"
+
+
+def _num(value: Decimal) -> float | int:
+    return int(value) if value == value.to_integral_value() and value.as_tuple().exponent >= 0 else float(value)
+
+
+def _record(stream: str, kind: str, body: dict, nozzle: int | None = None, key: str | None = None) -> dict:
+    stamp = clock.stamp()
+    body = {**body, "mono": stamp["mono"], "boot": stamp["boot"], "clock": stamp["clock"]}
+    rec = {"stream": stream, "kind": kind, "t": stamp["t"], "body": body}
+    if nozzle is not None:
+        rec["nozzle"] = nozzle
+    if key is not None:
+        rec["key"] = key
+    return rec
+
+
+@dataclass(frozen=True)
+class RawSale:
+    """A completed sale as integers straight from the pump; decimals come from configuration."""
+
+    volume: int
+    amount: int
+    price: int
+    vol_total: int
+    amt_total: int | None
+    pump_txn: int | None = None  # the pump's own transaction number, where the protocol has one
+
+
+def sale(station, port, pump, nozzle, raw: RawSale, start_vol_total: int | None, start_amt_total: int | None,
+         tolerance, extra: dict | None = None) -> tuple[dict, list[dict]]:
+    """The sale record and any metering alarms it raises."""
+    d = nozzle.decimals
+    volume, amount, price = scaled(raw.volume, d.volume), scaled(raw.amount, d.amount), scaled(raw.price, d.price)
+    vol_total = scaled(raw.vol_total, d.totals)
+    flags = []
+    alarms = []
+    expected = volume * price
+    allowed = Decimal(str(tolerance.amount_abs)) + Decimal(str(tolerance.amount_rel)) * abs(amount)
+    if abs(expected - amount) > allowed:
+        flags.append("amount_mismatch")
+    if start_vol_total is not None:
+        delta = vol_total - scaled(start_vol_total, d.totals)
+        if abs(delta - volume) > Decimal(str(tolerance.totals_volume_abs)):
+            flags.append("totals_mismatch")
+    body = {
+        "station": station.name, "nozzle": nozzle.id, "port": port.name, "pump": pump.address,
+        "logical_nozzle": nozzle.number, "grade": nozzle.grade_code, "grade_name": nozzle.grade_name,
+        "price": _num(price), "volume": _num(volume), "amount": _num(amount),
+        "vol_total": _num(vol_total),
+        "amt_total": _num(scaled(raw.amt_total, d.totals)) if raw.amt_total is not None else None,
+        "vol_total_start": _num(scaled(start_vol_total, d.totals)) if start_vol_total is not None else None,
+        "amt_total_start": _num(scaled(start_amt_total, d.totals)) if start_amt_total is not None else None,
+        "pump_txn": raw.pump_txn, "flags": flags,
+        "raw": [raw.volume, raw.amount, raw.price, raw.vol_total, raw.amt_total],
+    }
+    if extra:
+        body.update(extra)
+    key = f"{raw.vol_total}:{raw.amt_total}:{raw.volume}:{raw.amount}:{raw.pump_txn}"
+    rec = _record(sale_stream(nozzle.id), "sale", body, nozzle=nozzle.id, key=key)
+    if flags:
+        alarms.append(alarm("metering_out_of_tolerance", nozzle=nozzle.id, port=port.name, pump=pump.address,
+                            detail={"flags": flags, "volume": body["volume"], "amount": body["amount"],
+                                    "price": body["price"], "vol_total": body["vol_total"],
+                                    "vol_total_start": body["vol_total_start"]}))
+    return rec, alarms
+
+
+def nozzle_state(nozzle_id: int, state: str, port: str, pump: int, previous: str | None, detail: dict | None = None) -> dict:
+    return _record("state", "nozzle_state", {"nozzle": nozzle_id, "state": state, "previous": previous,
+                                             "port": port, "pump": pump, **(detail or {})}, nozzle=nozzle_id)
+
+
+def totals(nozzle, port: str, pump: int, vol_total: int, amt_total: int | None, reason: str) -> dict:
+    d = nozzle.decimals.totals
+    return _record("totals", "totals", {
+        "nozzle": nozzle.id, "port": port, "pump": pump, "reason": reason,
+        "vol_total": _num(scaled(vol_total, d)),
+        "amt_total": _num(scaled(amt_total, d)) if amt_total is not None else None,
+    }, nozzle=nozzle.id)
+
+
+def alarm(name: str, nozzle: int | None = None, **detail) -> dict:
+    return _record("alarm", "alarm", {"alarm": name, "nozzle": nozzle, **detail}, nozzle=nozzle)
+
+
+def event(name: str, **detail) -> dict:
+    return _record("event", "event", {"event": name, **detail})
+
+
+def identity(nozzle_id: int, ident: NozzleIdentity, previous: NozzleIdentity | None, port: str, pump: int) -> dict:
+    changed = [k for k, v in asdict(ident).items() if previous is None or getattr(previous, k) != v]
+    return _record("event", "identity", {"event": "identity_changed" if previous else "identity",
+                                         "nozzle": nozzle_id, "port": port, "pump": pump,
+                                         "changed": changed, **asdict(ident)}, nozzle=nozzle_id)
