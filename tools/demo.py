@@ -1,0 +1,122 @@
+"""``collector demo``: a simulated station driven by the real daemon, ending in a ground-truth check.
+
+Starts one DART pump simulator per port on pseudo-terminals, writes the station's configuration,
+runs ``collector run`` as a separate process (its real supervisor, store writer and drivers),
+shows a compact live view, then closes the forecourt, lets the last fills finish and be captured,
+stops the daemon with SIGTERM and compares the simulators' ground truth with the store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from tools import station
+
+
+def _live(cfg, started: float, truth_path: str) -> str:
+    from collector.statusboard import read_all
+
+    boards = read_all(cfg.runtime_dir)
+    states: dict[str, int] = {}
+    sales = online = pumps = 0
+    for port in cfg.ports:
+        b = boards.get(f"port-{port.name}", {})
+        sales += b.get("stats", {}).get("sales", 0)
+        for p in b.get("pumps", {}).values():
+            pumps += 1
+            online += bool(p.get("online"))
+            for n in p.get("nozzles", {}).values():
+                states[n.get("state") or "?"] = states.get(n.get("state") or "?", 0) + 1
+    sold = len(station.read_truth(truth_path)[0])
+    st = " ".join(f"{k}:{v}" for k, v in sorted(states.items()))
+    return f"{time.monotonic() - started:5.0f}s sold {sold:5d} captured {sales:5d} pumps {online}/{pumps} {st}"[:79]
+
+
+def main(args) -> int:
+    workdir = args.workdir or tempfile.mkdtemp(prefix="collector-demo-")
+    keep = bool(args.workdir)
+    if args.workdir and os.path.exists(os.path.join(workdir, "truth.jsonl")):
+        for name in ("truth.jsonl", "store.db", "store.db-wal", "store.db-shm"):
+            try:
+                os.unlink(os.path.join(workdir, name))
+            except FileNotFoundError:
+                pass
+    cfg_path, specs = station.make_station(workdir, ports=args.ports, seed=args.seed,
+                                           gap=(2.0 * args.pace, 8.0 * args.pace),
+                                           fill_seconds=(3.0 * args.pace, 10.0 * args.pace))
+    from collector.config import load
+
+    cfg = load(cfg_path)
+    print(f"demo: {len(cfg.ports)} ports, {sum(len(p.pumps) for p in cfg.ports)} pump sides, "
+          f"{len(cfg.nozzles())} nozzles; files in {workdir}")
+    log = open(os.path.join(workdir, "daemon.log"), "w")
+    sims = station.start_simulators(specs)
+    daemon = subprocess.Popen([sys.executable, "-m", "collector.cli", "run", "--config", cfg_path],
+                              stdout=log, stderr=subprocess.STDOUT)
+    started = time.monotonic()
+    interrupted = False
+    try:
+        while time.monotonic() - started < args.duration:
+            if daemon.poll() is not None:
+                print(f"demo: the daemon exited early ({daemon.returncode}); see {workdir}/daemon.log")
+                break
+            time.sleep(1.0)
+            if not args.quiet:
+                print(_live(cfg, started, specs[0]["truth"]), flush=True)
+    except KeyboardInterrupt:
+        interrupted = True
+        print("\ndemo: interrupted; closing the forecourt")
+    for p in sims:  # closing time: no new customers, running fills finish
+        p.send_signal(signal.SIGUSR1)
+    truth_path = specs[0]["truth"]
+    from store.ringstore import open_readonly
+
+    deadline = time.monotonic() + 30
+    result = None
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        try:
+            result = station.compare(station.read_truth(truth_path)[0], cfg, open_readonly(cfg.store.path))
+        except FileNotFoundError:
+            continue
+        if result["missing"] == 0 and time.monotonic() - started > args.duration + 11:
+            break  # every fill that could still be running (<= 10 s) has ended and been captured
+    daemon.send_signal(signal.SIGTERM)
+    try:
+        daemon.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+    for p in sims:
+        p.terminate()
+    for p in sims:
+        p.wait(timeout=10)
+    log.close()
+    sales, violations = station.read_truth(truth_path)
+    conn = open_readonly(cfg.store.path)
+    result = station.compare(sales, cfg, conn)
+    integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
+    print("demo summary")
+    print(f"  sold (simulators' ground truth) {result['sold']}")
+    print(f"  stored                          {result['stored']}")
+    print(f"  missing                         {result['missing']}")
+    print(f"  duplicated                      {result['duplicated']}")
+    print(f"  totalizer chain breaks          {result['chain_breaks']}")
+    print(f"  write commands sent to pumps    {len(violations)}")
+    print(f"  store integrity                 {integrity}")
+    print(f"  daemon exit code                {daemon.returncode}")
+    if result["missing_list"]:
+        print("  first missing:", json.dumps(result["missing_list"][:3]))
+    ok = (result["missing"] == 0 and result["duplicated"] == 0 and not violations and integrity == "ok"
+          and result["sold"] > 0)
+    if not keep and ok:
+        shutil.rmtree(workdir, ignore_errors=True)
+    elif not keep:
+        print(f"  files kept for inspection in {workdir}")
+    return 0 if ok or interrupted and result["missing"] == 0 else 1
