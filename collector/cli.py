@@ -104,8 +104,10 @@ def cmd_status(args) -> int:
         conn = open_readonly(cfg.store.path)
         streams = stream_summary(conn)
         sales = [s for s in streams if s["kind"] == "sale"]
-        print(f"store {cfg.store.path}: {sum(s['count'] for s in sales)} sales in {len(sales)} nozzle rings, "
-              f"{sum(s['unacked'] for s in streams)} records unacknowledged, "
+        path = cfg.store.path if len(cfg.store.path) <= 72 else "..." + cfg.store.path[-69:]
+        print(f"store  {path}")
+        print(f"  {sum(s['count'] for s in sales)} sales in {len(sales)} nozzle rings, "
+              f"{sum(s['unacked'] for s in streams)} records unacked, "
               f"{sum(s['evicted_unsent'] for s in streams)} evicted unsent")
     except (FileNotFoundError, Exception) as exc:  # noqa: BLE001 - the CLI reports, never crashes
         print(f"store: {exc}")

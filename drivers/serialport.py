@@ -13,6 +13,15 @@ import time
 
 import serial
 
+PTY_SLAVE_MAJORS = range(136, 144)  # Unix98 pty slaves (/dev/pts/N)
+
+
+def is_pty(device: str) -> bool:
+    try:
+        return os.major(os.stat(device).st_rdev) in PTY_SLAVE_MAJORS
+    except OSError:
+        return False
+
 _PARITY = {"none": serial.PARITY_NONE, "even": serial.PARITY_EVEN, "odd": serial.PARITY_ODD,
            "mark": serial.PARITY_MARK, "space": serial.PARITY_SPACE}
 _STOPBITS = {1.0: serial.STOPBITS_ONE, 1.5: serial.STOPBITS_ONE_POINT_FIVE, 2.0: serial.STOPBITS_TWO}
@@ -29,6 +38,11 @@ class Line:
         if "://" in device:
             kwargs.pop("exclusive")
             self.port = serial.serial_for_url(device, **kwargs)
+        elif is_pty(device):
+            # A pty has no wire and Linux strips PARENB from it, which makes re-applying parity fail
+            # with EINVAL on the next open. Parity still counts in byte_time below.
+            kwargs["parity"] = serial.PARITY_NONE
+            self.port = serial.Serial(device, **kwargs)
         else:
             self.port = serial.Serial(device, **kwargs)
         self.fd = self.port.fileno()

@@ -251,7 +251,8 @@ class DartPoller:
             side.live = side.live if status == dart.FILLING else None
 
     def _ask_for_sale(self, side: PumpSide) -> None:
-        side.commands.append(dart.Command(dart.DCC_RETURN_FILLING_INFO))
+        # a completed sale jumps the queue: the next customer may lift the nozzle within seconds
+        side.commands.appendleft(dart.Command(dart.DCC_RETURN_FILLING_INFO))
 
     def _on_totals(self, side: PumpSide, msg: dart.TotalCounters) -> None:
         if msg.counter == dart.PUMP_TOTAL_COUNTER:
@@ -273,8 +274,8 @@ class DartPoller:
             return
         if cap.fill is not None and not cap.totals_asked and not any(isinstance(c, dart.RequestTotals) for c in side.commands):
             nozzle = cap.nozzle or 1
-            side.commands.append(dart.RequestTotals(nozzle))
-            side.commands.append(dart.RequestTotals(nozzle + dart.AMOUNT_COUNTER_OFFSET))
+            side.commands.appendleft(dart.RequestTotals(nozzle + dart.AMOUNT_COUNTER_OFFSET))
+            side.commands.appendleft(dart.RequestTotals(nozzle))
         if cap.fill is None or cap.vol_total is None or cap.amt_total is None:
             return
         nozzle_cfg = next((n for n in side.cfg.nozzles if n.number == cap.nozzle), None)

@@ -143,6 +143,13 @@ SPECIAL_REPLY_LEN = 19
 # ---------------------------------------------------------------- words and numbers
 
 
+def _as_bytes(value) -> bytes:
+    """bytes(value) for bytes-like input only (``bytes(5)`` would silently make five zeros)."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise GilbarcoCodecError(f"expected bytes, got {type(value).__name__}")
+
+
 def pump_nibble(pump: int) -> int:
     """Low nibble of a command/status byte for pump 1..16 (16 -> 0)."""
     if not isinstance(pump, int) or isinstance(pump, bool) or not 1 <= pump <= 16:
@@ -213,10 +220,7 @@ class Block:
 
 def parse_block(data: bytes, *, length_word: bool, check_length: bool = True) -> Block:
     """Check framing and LRC of one block. ``length_word`` for controller -> pump blocks."""
-    try:
-        data = bytes(data)
-    except (TypeError, ValueError) as err:
-        raise GilbarcoCodecError(f"not bytes: {type(data).__name__}") from err
+    data = _as_bytes(data)
     minimum = 5 if length_word else 4
     if len(data) < minimum:
         raise GilbarcoCodecError(f"block too short ({len(data)} words)")
@@ -325,10 +329,7 @@ def _single(data: bytes | int) -> int:
         if not 0 <= data <= 0xFF:
             raise GilbarcoCodecError(f"{data!r} is not a byte")
         return data
-    try:
-        data = bytes(data)
-    except (TypeError, ValueError) as err:
-        raise GilbarcoCodecError(f"not bytes: {type(data).__name__}") from err
+    data = _as_bytes(data)
     if len(data) != 1:
         raise GilbarcoCodecError(f"expected exactly one byte, got {len(data)}")
     return data[0]
@@ -390,7 +391,10 @@ class StatusReply:
 
     @property
     def name(self) -> str:
-        return PumpState(self.state).name
+        try:
+            return PumpState(self.state).name
+        except ValueError:
+            return f"unknown state {self.state!r}"
 
     @classmethod
     def decode(cls, data: bytes | int) -> StatusReply:
@@ -418,10 +422,7 @@ class RealTimeMoneyReply:
 
     @classmethod
     def decode(cls, data: bytes) -> RealTimeMoneyReply:
-        try:
-            data = bytes(data)
-        except (TypeError, ValueError) as err:
-            raise GilbarcoCodecError(f"not bytes: {type(data).__name__}") from err
+        data = _as_bytes(data)
         if len(data) not in (6, 8):
             raise GilbarcoCodecError(f"real-time money reply must be 6 or 8 words, got {len(data)}")
         return cls(words_value(data, "money"), len(data))
@@ -451,7 +452,10 @@ class TransactionReply:
         _check_int(self.pump, 1, 16, "pump")
         if self.pump_words is None:
             object.__setattr__(self, "pump_words", (0, (self.pump - 1) & 0x0F, 0, 0, 0))
-        words = tuple(self.pump_words)
+        try:
+            words = tuple(self.pump_words)
+        except TypeError as err:
+            raise GilbarcoCodecError(f"pump_words {self.pump_words!r} must be a sequence of nibbles") from err
         object.__setattr__(self, "pump_words", words)
         if len(words) < 2 or any(not isinstance(w, int) or not 0 <= w <= 15 for w in words):
             raise GilbarcoCodecError(f"pump_words {words!r} must be 2+ nibbles")
@@ -596,10 +600,7 @@ class SpecialFunctionReply:
 
     @classmethod
     def decode(cls, data: bytes) -> SpecialFunctionReply:
-        try:
-            data = bytes(data)
-        except (TypeError, ValueError) as err:
-            raise GilbarcoCodecError(f"not bytes: {type(data).__name__}") from err
+        data = _as_bytes(data)
         if len(data) != SPECIAL_REPLY_LEN:
             raise GilbarcoCodecError(f"special-function reply must be 19 bytes, got {len(data)}")
         if any(b < 0x80 for b in data):
@@ -753,10 +754,7 @@ def strip_echo(sent: bytes, received: bytes) -> bytes:
     Raises EchoMismatchError when the echo differs from what was sent (a collision on the loop,
     e.g. another master transmitting) or when fewer bytes than were sent came back.
     """
-    try:
-        sent, received = bytes(sent), bytes(received)
-    except (TypeError, ValueError) as err:
-        raise GilbarcoCodecError("strip_echo needs bytes") from err
+    sent, received = _as_bytes(sent), _as_bytes(received)
     for i, byte in enumerate(sent):
         if i >= len(received):
             raise EchoMismatchError(
@@ -810,7 +808,8 @@ class LoopEvent:
     note: str | None = None
 
     def to_dict(self) -> dict:
-        item = {"offset": self.offset, "raw": _jsonable(self.raw), "direction": self.direction}
+        item = {"offset": self.offset, "raw": _jsonable(self.raw), "direction": self.direction,
+                "valid": self.error is None}
         if self.message is not None:
             item["message"] = message_to_dict(self.message)
         if self.error is not None:
@@ -842,9 +841,9 @@ class LoopDecoder:
 
     def feed(self, chunk: bytes) -> list[LoopEvent]:
         try:
-            self._buf += bytes(chunk)
-        except (TypeError, ValueError):
-            return [LoopEvent(self._base + len(self._buf), b"", PUMP, error=f"not bytes: {type(chunk).__name__}")]
+            self._buf += _as_bytes(chunk)
+        except GilbarcoCodecError as err:
+            return [LoopEvent(self._base + len(self._buf), b"", PUMP, error=str(err))]
         return self._run(final=False)
 
     def flush(self) -> list[LoopEvent]:
@@ -1017,7 +1016,7 @@ class LoopDecoder:
 def decode_capture(data: bytes, direction: str | None = None) -> list[dict]:
     """Every item in a capture of the loop, as JSON-able dicts in stream order.
 
-    Each dict has ``offset``, ``raw`` (hex), ``direction`` ("ctrl" or "pump") and either
+    Each dict has ``offset``, ``raw`` (hex), ``direction`` ("ctrl" or "pump"), ``valid`` and either
     ``message`` (``type`` + fields) or ``error``; ``note`` flags oddities (e.g. a wrong data-length
     word). ``direction=None`` treats the capture as the merged conversation on the loop. Never
     raises on data; raises GilbarcoCodecError only for an invalid ``direction``.

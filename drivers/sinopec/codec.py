@@ -157,6 +157,13 @@ def _bcd_value(data: bytes, name: str) -> int:
         raise SinopecCodecError(f"{name} is not BCD: {data.hex(' ').upper()}") from err
 
 
+def _as_bytes(value) -> bytes:
+    """bytes(value) for bytes-like input only (``bytes(5)`` would silently make five zeros)."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise SinopecCodecError(f"expected bytes, got {type(value).__name__}")
+
+
 def _to_datetime(value: int, digits: int) -> _dt.datetime | None:
     text = f"{value:0{digits}d}"
     try:
@@ -262,7 +269,7 @@ class FramingError:
 
 
 def frame_crc(b1: int, b2: int, b3: int, data: bytes) -> int:
-    return crc16_arc(bytes((b1, b2, b3)) + _bcd_bytes(len(data), 2, "LEN") + bytes(data))
+    return crc16_arc(bytes((b1, b2, b3)) + _bcd_bytes(len(data), 2, "LEN") + _as_bytes(data))
 
 
 def _stuff(data: bytes) -> bytes:
@@ -275,7 +282,7 @@ def encode_frame(b1: int, b2: int, b3: int, data: bytes) -> bytes:
         _int_bytes(value, 1, name)
         if value == SOF:
             raise SinopecCodecError(f"{name}=0xFA cannot be sent: header bytes are never stuffed")
-    data = bytes(data)
+    data = _as_bytes(data)
     if not 1 <= len(data) <= MAX_DATA_LEN:
         raise SinopecCodecError(f"DATA must be 1..{MAX_DATA_LEN} bytes (command included), got {len(data)}")
     header = bytes((b1, b2, b3)) + _bcd_bytes(len(data), 2, "LEN")
@@ -327,9 +334,9 @@ class SinopecFramer:
     def feed(self, chunk: bytes) -> list[Frame | FramingError]:
         out: list[Frame | FramingError] = []
         try:
-            data = bytes(chunk)
-        except (TypeError, ValueError):
-            return [FramingError(f"not bytes: {type(chunk).__name__}", b"", self._pos)]
+            data = _as_bytes(chunk)
+        except SinopecCodecError as err:
+            return [FramingError(str(err), b"", self._pos)]
         for byte in data:
             self._byte(byte, out)
             self._pos += 1
@@ -420,10 +427,7 @@ class SinopecFramer:
 
 def decode_frame(raw: bytes) -> Frame:
     """Exactly one complete, CRC-valid frame; anything else raises SinopecCodecError."""
-    try:
-        raw = bytes(raw)
-    except (TypeError, ValueError) as err:
-        raise SinopecCodecError(f"not bytes: {type(raw).__name__}") from err
+    raw = _as_bytes(raw)
     framer = SinopecFramer()
     events = framer.feed(raw) + framer.flush()
     frames = [e for e in events if isinstance(e, Frame)]
@@ -526,7 +530,7 @@ class CardInserted:
 
     def encode(self) -> bytes:
         info = (_fixed_bytes(self.asn, 10, "asn") + _int_bytes(self.card_status, 2, "card_status")
-                + _int_bytes(self.balance, 4, "balance") + bytes(self.extra))
+                + _int_bytes(self.balance, 4, "balance") + _as_bytes(self.extra))
         return bytes((RT_CARD,)) + _int_bytes(self.nozzle, 1, "nozzle") + _int_bytes(len(info), 1, "info length") + info
 
 
@@ -843,7 +847,7 @@ class InfoReply(_Message):
                 + _int_bytes(self.superior_unit, 4, "superior_unit") + _int_bytes(self.station_id, 4, "station_id")
                 + _bcd_bytes(self.time, 7, "time") + _int_bytes(len(self.nozzles), 1, "nozzle count")
                 + b"".join(_int_bytes(n, 1, "nozzle") for n in self.nozzles) + self.versions.encode()
-                + bytes(self.vendor))
+                + _as_bytes(self.vendor))
 
     @classmethod
     def decode_payload(cls, payload: bytes) -> InfoReply:
@@ -870,7 +874,7 @@ class DispenserError(_Message):
     DIRECTION: ClassVar[str] = DISP
 
     def encode_payload(self) -> bytes:
-        return bytes(self.data)
+        return _as_bytes(self.data)
 
     @classmethod
     def decode_payload(cls, payload: bytes) -> DispenserError:
@@ -887,7 +891,7 @@ class ErrorAck(_Message):
     DIRECTION: ClassVar[str] = PC
 
     def encode_payload(self) -> bytes:
-        return bytes(self.data)
+        return _as_bytes(self.data)
 
     @classmethod
     def decode_payload(cls, payload: bytes) -> ErrorAck:
@@ -943,7 +947,7 @@ class RawMessage:
     direction: str
 
     def encode_data(self) -> bytes:
-        return _int_bytes(self.command, 1, "command") + bytes(self.payload)
+        return _int_bytes(self.command, 1, "command") + _as_bytes(self.payload)
 
 
 Message = (GeneralQuery | RealTimeInfo | TransactionRecord | TransactionAck | TotalsRequest | TotalsReply
@@ -960,11 +964,7 @@ def decode_message(frame_or_data: Frame | bytes, direction: str | None = None) -
     ``direction`` is required for commands used both ways (32H, 33H..36H, 38H, 3AH); for the
     others it is inferred, and a contradicting direction is an error.
     """
-    data = frame_or_data.data if isinstance(frame_or_data, Frame) else frame_or_data
-    try:
-        data = bytes(data)
-    except (TypeError, ValueError) as err:
-        raise SinopecCodecError(f"not bytes: {type(data).__name__}") from err
+    data = _as_bytes(frame_or_data.data if isinstance(frame_or_data, Frame) else frame_or_data)
     if not data:
         raise SinopecCodecError("empty DATA: no command byte")
     direction = normalize_direction(direction)
@@ -1046,6 +1046,9 @@ def _frame_view(frame: Frame, direction: str | None) -> dict:
         item["direction"] = AMBIGUOUS
         item["command_name"] = command_name(command)
         item["candidates"] = {PC: _parse_view(frame, PC), DISP: _parse_view(frame, DISP)}
+        fitting = [d for d, view in item["candidates"].items() if "error" not in view]
+        if len(fitting) == 1:
+            item["likely"] = fitting[0]  # only one direction parses; still a guess from the bytes
         return item
     item["direction"] = direction
     item["command_name"] = command_name(command, direction)
@@ -1064,9 +1067,11 @@ def _frame_view(frame: Frame, direction: str | None) -> dict:
 def decode_capture(data: bytes, direction: str | None = None) -> list[dict]:
     """Every frame and framing error in a capture, as JSON-able dicts, in stream order.
 
-    Each item has ``kind`` ("frame" or "error"), ``offset``, ``raw`` (hex) and ``crc_valid``.
+    Each item has ``kind`` ("frame" or "error"), ``offset``, ``raw`` (hex), ``crc_valid`` and
+    ``valid`` (CRC good and a message parsed, in at least one direction when ambiguous).
     Frames add header fields, ``command``/``command_name``, ``direction`` ("pc", "disp" or
-    "ambiguous") and ``message`` (or ``candidates`` for both directions when ambiguous). A frame
+    "ambiguous") and ``message`` (or ``candidates`` for both directions when ambiguous, plus
+    ``likely`` when only one of them parses). A frame
     with a wrong CRC is still shown, with ``crc_received`` and ``crc_valid: false``. Never raises
     on data; raises SinopecCodecError only for an invalid ``direction`` argument.
     """
@@ -1087,5 +1092,7 @@ def decode_capture(data: bytes, direction: str | None = None) -> list[dict]:
         else:
             item = {"kind": "error", "offset": event.offset, "raw": _jsonable(event.raw), "crc_valid": False,
                     "error": event.reason}
+        parsed = "message" in item or any("error" not in v for v in item.get("candidates", {}).values())
+        item["valid"] = bool(item["crc_valid"] and "error" not in item and parsed)
         items.append(item)
     return items

@@ -7,7 +7,7 @@ collector uses, and ``decode_capture`` for the technician CLI. No I/O, no timing
 the framer's buffer. The checksum rule lives in ``drivers.checksum.sum16_ascii``; the driver, the
 console simulator in ``tools/`` and the CLI all import this module and nobody carries a copy of it.
 
-Reference: /shared/reference/vr_protocol.md (§2 requests, §3 responses, §4 checksum, §5 floats,
+Reference: shared/reference/vr_protocol.md beside the repository (§2 requests, §3 responses, §4 checksum, §5 floats,
 §6 layouts). Times are the console's naive local time at minute resolution, years 20YY.
 """
 
@@ -356,7 +356,11 @@ class VRFramer:
 
     def _match(self, unit: bytes, closed: bool) -> tuple[int, Frame | FramingError] | None:
         etx = unit.find(ETX, 1)
-        region = unit if etx < 0 else unit[:etx + 1]
+        cr = unit.find(CR, 1)
+        # A computer-format frame holds no CR and no ETX before its &&CCCC: search only up to the
+        # first of them, so the outcome does not depend on how the stream was chunked.
+        stops = [i for i in (etx, cr) if i >= 0]
+        region = unit[:min(stops) + 1] if stops else unit
         # The manual's refusal: SOH 9999 CCCC (no &&).
         if region[1:5] == b"9999" and region[5:7] != b"&&":
             tail = region[5:9]
@@ -367,7 +371,7 @@ class VRFramer:
                         return _NEED_MORE
                     if end is not False:
                         return end[0], Frame("error", unit[:end[0]], end[1])
-                elif not closed and etx < 0:
+                elif not closed and not stops:
                     return _NEED_MORE
         # Computer-format response (or the emulator refusal SOH 9999&&CCCC).
         k = region.find(b"&&", max(1, self._scanned - 8))
@@ -375,7 +379,7 @@ class VRFramer:
             tail = region[k + 2:k + 6]
             if all(b in _HEX for b in tail):
                 if len(tail) < 4:
-                    if not closed and etx < 0:
+                    if not closed and not stops:
                         return _NEED_MORE
                 else:
                     end = self._end_at(unit, k + 6, closed)
@@ -386,7 +390,6 @@ class VRFramer:
                         return end[0], Frame(kind, unit[:end[0]], end[1])
             k = region.find(b"&&", k + 1)
         # No checksum block: a request, a display-format reply, or a broken frame.
-        cr = unit.find(CR, 1)
         if self.accept_requests and cr >= 0 and (etx < 0 or cr < etx) and _is_request(unit[:cr + 1]):
             return cr + 1, Frame("request", unit[:cr + 1], True)
         if etx >= 0:
@@ -401,9 +404,20 @@ class VRFramer:
 
 
 def _is_request(raw: bytes) -> bool:
+    """Whether the framer should call an unchecksummed unit a request.
+
+    A response cut short before ``&&`` also starts SOH + function code; an inquiry (``i``) whose
+    "data" opens with a valid YYMMDDHHmm stamp is taken to be such a fragment, not a request.
+    """
     try:
-        parse_request(raw)
+        req = parse_request(raw)
     except VRFrameError:
+        return False
+    if req.function[0] == "i" and len(req.data) >= 10:
+        try:
+            _parse_stamp(req.data[:10], "stamp")
+        except VRFrameError:
+            return True
         return False
     return True
 

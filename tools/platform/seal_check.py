@@ -198,6 +198,10 @@ def seal_envelope(
     if timestamp_ms is None:
         timestamp_ms = int(time.time() * 1000)
     dev = device_id.encode("ascii")
+    if not 1 <= len(dev) <= 64 or min(dev) < 0x21 or max(dev) > 0x7E:
+        raise ValueError("device id must be 1..64 printable ASCII characters")
+    if direction not in (0, 1):
+        raise ValueError("direction must be 0 or 1")
     if cipher == 1:
         iv = nonce if nonce is not None else os.urandom(12)
         plen = 12 + len(body) + 16

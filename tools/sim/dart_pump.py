@@ -42,6 +42,7 @@ class SimPump:
         self.address = spec["address"]
         self.nozzles = {n["number"]: SimNozzle(n) for n in spec["nozzles"]}
         self.identity = spec.get("identity", 1_000_000_000 + self.address)
+        self.defect = spec.get("defect")  # "amount": the pump's computer charges 5 % too much
         self.status = dart.RESET
         self.nozzle = 0
         self.nozzle_out = False
@@ -107,7 +108,8 @@ class SimPump:
             self.phase, self.next_event = "idle", now + bus.rng.uniform(*bus.gap)
 
     def _amount(self, volume: int) -> int:
-        return (volume * self.price + 50) // 100  # volume 2 dp x price 2 dp -> amount 2 dp, rounded
+        amount = (volume * self.price + 50) // 100  # volume 2 dp x price 2 dp -> amount 2 dp, rounded
+        return amount * 105 // 100 if self.defect == "amount" else amount
 
     def _complete(self) -> None:
         n = self.nozzles[self.nozzle]
