@@ -63,9 +63,38 @@ class RawSale:
     pump_txn: int | None = None  # the pump's own transaction number, where the protocol has one
 
 
+def gap(port, pump, nozzle, before: tuple[int, int | None], after: tuple[int, int | None], reason: str) -> dict:
+    """Totals advanced by more than the sales recorded: fuel left the nozzle unseen (a sale made while
+    the collector was off, or missed). Goes in the nozzle's sale stream so it sits in order between sales."""
+    d = nozzle.decimals.totals
+
+    def v(x):
+        return _num(scaled(x, d)) if x is not None else None
+
+    missed_vol = after[0] - before[0]
+    missed_amt = after[1] - before[1] if after[1] is not None and before[1] is not None else None
+    return _record(sale_stream(nozzle.id), "gap", {
+        "nozzle": nozzle.id, "port": port.name, "pump": pump.address, "logical_nozzle": nozzle.number,
+        "reason": reason, "vol_total_before": v(before[0]), "vol_total_after": v(after[0]),
+        "amt_total_before": v(before[1]), "amt_total_after": v(after[1]),
+        "missed_volume": v(missed_vol), "missed_amount": v(missed_amt),
+    }, nozzle=nozzle.id, key=f"gap:{before[0]}:{after[0]}")
+
+
+def reading_gap(port, pump, nozzle, chain: tuple[int, int | None] | None, reading: tuple[int, int | None],
+                tolerance) -> dict | None:
+    """A totals reading of an idle nozzle compared with its chain (totals at the last stored sale)."""
+    if chain is None or chain[0] is None:
+        return None
+    if scaled(reading[0] - chain[0], nozzle.decimals.totals) > Decimal(str(tolerance.totals_volume_abs)):
+        return gap(port, pump, nozzle, chain, reading, "totals advanced while no sale was seen")
+    return None
+
+
 def sale(station, port, pump, nozzle, raw: RawSale, start_vol_total: int | None, start_amt_total: int | None,
          tolerance, extra: dict | None = None) -> tuple[dict, list[dict]]:
-    """The sale record and any metering alarms it raises."""
+    """The sale record and the records it raises: metering alarms, and a gap record (stored first)
+    when the totals before this sale are beyond where the last stored sale left them."""
     d = nozzle.decimals
     volume, amount, price = scaled(raw.volume, d.volume), scaled(raw.amount, d.amount), scaled(raw.price, d.price)
     vol_total = scaled(raw.vol_total, d.totals)
@@ -75,10 +104,17 @@ def sale(station, port, pump, nozzle, raw: RawSale, start_vol_total: int | None,
     allowed = Decimal(str(tolerance.amount_abs)) + Decimal(str(tolerance.amount_rel)) * abs(amount)
     if abs(expected - amount) > allowed:
         flags.append("amount_mismatch")
+    gaps = []
     if start_vol_total is not None:
         delta = vol_total - scaled(start_vol_total, d.totals)
-        if abs(delta - volume) > Decimal(str(tolerance.totals_volume_abs)):
+        excess = delta - volume
+        if abs(excess) > Decimal(str(tolerance.totals_volume_abs)):
             flags.append("totals_mismatch")
+        if excess > Decimal(str(tolerance.totals_volume_abs)) and d.totals == d.volume:
+            before_amt = raw.amt_total - raw.amount if raw.amt_total is not None and d.amount == d.totals else None
+            gaps.append(gap(port, pump, nozzle, (start_vol_total, start_amt_total),
+                            (raw.vol_total - raw.volume, before_amt), "totals advanced between two sales"))
+            flags.remove("totals_mismatch")  # explained by the gap record, not a metering fault
     body = {
         "station": station.name, "nozzle": nozzle.id, "port": port.name, "pump": pump.address,
         "logical_nozzle": nozzle.number, "grade": nozzle.grade_code, "grade_name": nozzle.grade_name,
@@ -99,7 +135,7 @@ def sale(station, port, pump, nozzle, raw: RawSale, start_vol_total: int | None,
                             detail={"flags": flags, "volume": body["volume"], "amount": body["amount"],
                                     "price": body["price"], "vol_total": body["vol_total"],
                                     "vol_total_start": body["vol_total_start"]}))
-    return rec, alarms
+    return rec, gaps + alarms
 
 
 def nozzle_state(nozzle_id: int, state: str, port: str, pump: int, previous: str | None, detail: dict | None = None) -> dict:

@@ -290,11 +290,12 @@ class DartPoller:
                               vol_total=cap.vol_total, amt_total=cap.amt_total)
         if raw.volume == 0 and start and start[0] == raw.vol_total:
             return  # nozzle lifted and hung without fuel: nothing was sold
-        sale, alarms = records.sale(self.ctx.station, self.port, side.cfg, nozzle_cfg, raw,
+        sale, raised = records.sale(self.ctx.station, self.port, side.cfg, nozzle_cfg, raw,
                                     start[0] if start else None, start[1] if start else None, self.ctx.tolerance)
-        results = self.ctx.capture([sale, *alarms])
+        gaps = [r for r in raised if r["kind"] == "gap"]
+        results = self.ctx.capture([*gaps, sale, *[r for r in raised if r["kind"] != "gap"]])
         side.chain[cap.nozzle] = (raw.vol_total, raw.amt_total)
-        if not results[0][2]:
+        if not results[len(gaps)][2]:
             side.sales += 1
             self.stats["sales"] += 1
 
@@ -357,10 +358,17 @@ class DartPoller:
         if not side.online or side.capture or side.next_snapshot == 0.0 or time.monotonic() < side.next_snapshot:
             return
         snaps = []
+        idle = side.status not in (dart.FILLING, dart.AUTHORIZED, dart.FILLING_COMPLETED, dart.MAX_REACHED)
         for n in side.cfg.nozzles:
             pair = side.totals.get(n.number)
             if pair and pair[0] is not None:
                 snaps.append(records.totals(n, self.port.name, side.cfg.address, pair[0], pair[1], "periodic"))
+                if idle:
+                    found = records.reading_gap(self.port, side.cfg, n, side.chain.get(n.number), tuple(pair),
+                                                self.ctx.tolerance)
+                    if found:
+                        snaps.insert(0, found)
+                        side.chain[n.number] = tuple(pair)
                 side.chain.setdefault(n.number, (pair[0], pair[1]))
         if snaps:
             self.ctx.capture(snaps)
