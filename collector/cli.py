@@ -98,6 +98,15 @@ def cmd_status(args) -> int:
         print(f"{port.name:<10}{port.protocol:<7}{len(port.pumps):>6}{sum(1 for p in pumps.values() if p.get('online')):>7}"
               f"{st.get('sales', 0):>7}{st.get('polls', 0):>9}{st.get('timeouts', 0):>6}{st.get('bad_frames', 0):>5}"
               f"{st.get('cycle_ms', 0):>6.0f}ms  {_age(b.get('updated'))}")
+    up = boards.get("uplink")
+    if cfg.uplink.transport != "none":
+        if up:
+            err = (up.get("last_error") or {}).get("text") or "-"
+            print(f"uplink {up.get('transport')} {up.get('state')}  key {up.get('key_id')}  sent {up.get('sent')}  "
+                  f"acked {up.get('acked')}  retries {up.get('retries')}"[:80])
+            print(f"  last error: {err}"[:80])
+        else:
+            print("uplink: no status yet")
     try:
         from store.ringstore import open_readonly, stream_summary
 
@@ -153,6 +162,23 @@ def cmd_sales(args) -> int:
     return 0
 
 
+def cmd_uploads(args) -> int:
+    cfg = _load(args.config)
+    from store.ringstore import open_readonly, uploads
+
+    try:
+        rows = uploads(open_readonly(cfg.store.path), args.last)
+    except FileNotFoundError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"{'time':<19} {'lane':<9}{'msg':>7}{'recs':>6} {'result':<8}{'ms':>8}  detail")
+    for r in rows:
+        ms = f"{r['latency_ms']:.0f}" if r["latency_ms"] is not None else "-"
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r['t']))} {r['lane']:<9}{r['msg_seq'] or 0:>7}"
+              f"{r['records']:>6} {r['result']:<8}{ms:>8}  {(r['detail'] or '')[:18]}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from tools import demo
 
@@ -193,6 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_sales)
 
+    p = sub.add_parser("uploads", help="history of uploads to the platform")
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.add_argument("--last", type=int, default=20)
+    p.set_defaults(func=cmd_uploads)
+
     p = sub.add_parser("demo", help="run the real daemon against a simulated station")
     p.add_argument("--ports", type=int, default=32)
     p.add_argument("--duration", type=float, default=60.0, help="seconds of trading (Ctrl-C ends early)")
@@ -200,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--pace", type=float, default=1.0, help="customer speed factor (<1 = faster)")
     p.add_argument("--quiet", action="store_true", help="no live view")
+    p.add_argument("--uplink", choices=["mqtt", "http", "auto", "none"], default="auto",
+                   help="deliver to the reference platform (auto: MQTT when mosquitto is installed, else HTTP)")
     p.set_defaults(func=cmd_demo)
     return ap
 

@@ -101,6 +101,31 @@ class MeteringTolerance:
 
 
 @dataclass(frozen=True)
+class UplinkConfig:
+    transport: str = "none"  # mqtt, http or none
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = 1883
+    mqtt_tls: bool = False
+    keepalive: int = 30
+    http_url: str = ""
+    http_timeout: float = 10.0
+    cipher: str = "gcm"  # gcm (SM4-GCM) or cbc-hmac (SM4-CBC + HMAC-SM3)
+    device_key: str = "/var/lib/collector/device.key"
+    platform_public_key: str = ""  # hex of 04||X||Y, or a path to a file holding it
+    state_dir: str = "/var/lib/collector"
+    batch_max: int = 100
+    batch_window: float = 0.05
+    inflight: int = 8
+    backfill_rate: float = 4000.0  # records per second
+    backfill_inflight: int = 2
+    ack_timeout: float = 10.0
+    retry_cycle: float = 60.0
+    heartbeat_interval: float = 30.0
+    key_rotation: float = 86400.0
+    set_system_clock: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     station: StationConfig
     store: StoreConfig
@@ -109,6 +134,7 @@ class Config:
     ports: tuple[PortConfig, ...]
     tolerance: MeteringTolerance
     totals_snapshot_interval: float
+    uplink: UplinkConfig
     source: str
     digest: str  # sha256 of the file: the config version reported to the platform
 
@@ -296,9 +322,55 @@ def parse(text: str, source: str = "<config>", digest: str = "", base_dir: Path 
                 c.fail(("ports", i, key), f"{value!r} is already used by {_fmt(seen[value])}")
             seen[value] = ("ports", i)
         ports.append(port)
+    uplink = _uplink(c, top.get("uplink"), resolve)
     if c.problems:
         raise ConfigError(source, c.problems)
-    return Config(station, store, runtime_dir, log_level, tuple(ports), tolerance, snapshot, source, digest)
+    return Config(station, store, runtime_dir, log_level, tuple(ports), tolerance, snapshot, uplink, source, digest)
+
+
+def _uplink(c: _Checker, raw: Any, resolve) -> UplinkConfig:
+    path = ("uplink",)
+    d = c.mapping(raw, path, {"transport", "mqtt", "http", "cipher", "device_key", "platform_public_key", "state_dir",
+                              "batch_max", "batch_window", "inflight", "backfill_rate", "backfill_inflight",
+                              "ack_timeout", "retry_cycle", "heartbeat_interval", "key_rotation", "set_system_clock"})
+    dflt = UplinkConfig()
+    transport = c.get(d, "transport", path, str, "none",
+                      lambda v: None if v in ("mqtt", "http", "none") else "must be mqtt, http or none")
+    mq = c.mapping(d.get("mqtt"), path + ("mqtt",), {"host", "port", "tls", "keepalive"})
+    ht = c.mapping(d.get("http"), path + ("http",), {"url", "timeout"})
+    if transport == "mqtt" and "mqtt" not in d:
+        c.fail(path + ("mqtt",), "is required when transport is mqtt")
+    if transport == "http" and not ht.get("url"):
+        c.fail(path + ("http", "url"), "is required when transport is http")
+    if transport in ("mqtt", "http") and not d.get("platform_public_key"):
+        c.fail(path + ("platform_public_key",), "is required to send to the platform")
+    key = c.get(d, "platform_public_key", path, str, "")
+    if key and not re.fullmatch(r"(04)?[0-9a-fA-F]{128}", key):
+        key = resolve(key)
+    return UplinkConfig(
+        transport=transport or "none",
+        mqtt_host=c.get(mq, "host", path + ("mqtt",), str, dflt.mqtt_host),
+        mqtt_port=c.get(mq, "port", path + ("mqtt",), int, dflt.mqtt_port, _between(1, 65535)),
+        mqtt_tls=c.get(mq, "tls", path + ("mqtt",), bool, False, what="true or false"),
+        keepalive=c.get(mq, "keepalive", path + ("mqtt",), int, dflt.keepalive, _between(5, 3600)),
+        http_url=c.get(ht, "url", path + ("http",), str, "",
+                       lambda v: None if re.match(r"^https?://", v) else "must start with http:// or https://"),
+        http_timeout=c.get(ht, "timeout", path + ("http",), float, dflt.http_timeout, _between(0.5, 300)),
+        cipher=c.get(d, "cipher", path, str, "gcm", lambda v: None if v in ("gcm", "cbc-hmac") else "must be gcm or cbc-hmac"),
+        device_key=resolve(c.get(d, "device_key", path, str, dflt.device_key)),
+        platform_public_key=key,
+        state_dir=resolve(c.get(d, "state_dir", path, str, dflt.state_dir)),
+        batch_max=c.get(d, "batch_max", path, int, dflt.batch_max, _between(1, 1000)),
+        batch_window=c.get(d, "batch_window", path, float, dflt.batch_window, _between(0, 10)),
+        inflight=c.get(d, "inflight", path, int, dflt.inflight, _between(1, 100)),
+        backfill_rate=c.get(d, "backfill_rate", path, float, dflt.backfill_rate, _between(1, 1e6)),
+        backfill_inflight=c.get(d, "backfill_inflight", path, int, dflt.backfill_inflight, _between(1, 50)),
+        ack_timeout=c.get(d, "ack_timeout", path, float, dflt.ack_timeout, _between(0.5, 600)),
+        retry_cycle=c.get(d, "retry_cycle", path, float, dflt.retry_cycle, _between(1, 7200)),
+        heartbeat_interval=c.get(d, "heartbeat_interval", path, float, dflt.heartbeat_interval, _between(1, 3600)),
+        key_rotation=c.get(d, "key_rotation", path, float, dflt.key_rotation, _between(60, 86400)),
+        set_system_clock=c.get(d, "set_system_clock", path, bool, False, what="true or false"),
+    )
 
 
 def _port(c: _Checker, rp: Any, path: tuple, seen_nozzle_ids: dict[int, tuple]) -> PortConfig | None:

@@ -60,6 +60,12 @@ def store_child(config) -> int:
     return writer.main(config)
 
 
+def uplink_child(config) -> int:
+    from uplink import worker  # paho, cryptography and gmssl load here, in this child only
+
+    return worker.main(config)
+
+
 def driver_child(config, port) -> int:
     from drivers.base import DriverContext
     from drivers.registry import PROTOCOLS
@@ -78,6 +84,8 @@ class Supervisor:
         self.children: list[Child] = [Child("store", store_child, (config,))]
         for port in config.ports:
             self.children.append(Child(f"drv-{port.name}", driver_child, (config, port)))
+        if config.uplink.transport != "none":
+            self.children.append(Child("uplink", uplink_child, (config,)))
         self.status_path = os.path.join(config.runtime_dir, "supervisor.json")
         self.started = time.time()
         self.stopping = False

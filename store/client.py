@@ -86,5 +86,8 @@ class StoreClient:
     def last_sales(self, streams: list[str]) -> dict[str, dict]:
         return self.request({"op": "last_sales", "streams": streams})["sales"]
 
+    def last_identities(self, nozzles: list[int]) -> dict[str, dict]:
+        return self.request({"op": "last_identities", "nozzles": list(nozzles)})["identities"]
+
     def ack(self, stream: str, seq: int) -> int:
         return self.request({"op": "ack", "stream": stream, "seq": seq})["changed"]

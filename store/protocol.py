@@ -1,7 +1,10 @@
 """The local wire between the store writer and its clients: one JSON object per SOCK_SEQPACKET message.
 
 Requests: ``{"id": n, "op": "put", "records": [...]}`` -> ``{"id": n, "results": [[stream, seq, dup], ...]}``;
-``{"op": "ack", "stream": s, "seq": n}``; ``{"op": "last_sales", "streams": [...]}``; ``{"op": "ping"}``.
+``{"op": "ack", "stream": s, "seq": n}``; ``{"op": "acks", "acks": {stream: seq}, "sacks": {stream: [[a, b]]},
+"log": [upload history lines]}``; ``{"op": "subscribe"}`` (then ``{"event": "committed", "max_id": n}`` after
+each commit); ``{"op": "last_sales", "streams": [...]}``;
+``{"op": "last_identities", "nozzles": [...]}`` -> ``{"identities": {nozzle: body}}``; ``{"op": "ping"}``.
 Any failure: ``{"id": n, "error": "..."}`` and nothing of that request was committed.
 """
 

@@ -55,7 +55,18 @@ CREATE TABLE IF NOT EXISTS records (
 CREATE UNIQUE INDEX IF NOT EXISTS records_natural_key ON records (stream, key) WHERE key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS records_pending ON records (upload, stream, seq) WHERE upload < 2;
 CREATE INDEX IF NOT EXISTS records_nozzle ON records (nozzle, t) WHERE nozzle IS NOT NULL;
+CREATE TABLE IF NOT EXISTS uploads (
+    id INTEGER PRIMARY KEY,
+    t REAL NOT NULL,
+    lane TEXT NOT NULL,
+    msg_seq INTEGER,
+    records INTEGER NOT NULL,
+    result TEXT NOT NULL,
+    latency_ms REAL,
+    detail TEXT
+);
 """
+UPLOAD_HISTORY = 5000
 
 
 class StoreError(Exception):
@@ -208,17 +219,43 @@ class RingStore:
 
     def mark_acked(self, stream: str, up_to_seq: int) -> int:
         """Cumulative platform acknowledgement of a stream. Returns how many records changed."""
-        self.conn.execute("BEGIN IMMEDIATE")
+        return self.apply_acks({stream: up_to_seq}, {})
+
+    def apply_acks(self, acks: dict[str, int], sacks: dict[str, list], log: list[dict] | None = None) -> int:
+        """The platform's acknowledgements in one transaction: cumulative per stream (every seq up to
+        the value) and selective ranges above it; plus upload-history lines. Returns records changed."""
+        now = time.time()
+        changed = 0
         try:
-            cur = self.conn.execute(
-                "UPDATE records SET upload=2, acked_at=? WHERE stream=? AND seq<=? AND upload<2",
-                (time.time(), stream, up_to_seq))
-            self.conn.execute("UPDATE streams SET acked_seq=max(acked_seq, ?) WHERE stream=?", (up_to_seq, stream))
+            self.conn.execute("BEGIN IMMEDIATE")
+            for stream, up_to in acks.items():
+                changed += self.conn.execute(
+                    "UPDATE records SET upload=2, acked_at=? WHERE stream=? AND seq<=? AND upload<2",
+                    (now, stream, int(up_to))).rowcount
+                self.conn.execute("UPDATE streams SET acked_seq=max(acked_seq, ?) WHERE stream=?", (int(up_to), stream))
+            for stream, ranges in sacks.items():
+                for lo, hi in ranges:
+                    changed += self.conn.execute(
+                        "UPDATE records SET upload=2, acked_at=? WHERE stream=? AND seq BETWEEN ? AND ? AND upload<2",
+                        (now, stream, int(lo), int(hi))).rowcount
+            for entry in log or ():
+                self.conn.execute(
+                    "INSERT INTO uploads (t, lane, msg_seq, records, result, latency_ms, detail) VALUES (?,?,?,?,?,?,?)",
+                    (entry.get("t", now), entry["lane"], entry.get("msg_seq"), entry.get("records", 0),
+                     entry["result"], entry.get("latency_ms"), entry.get("detail")))
+            if log:
+                self.conn.execute("DELETE FROM uploads WHERE id <= (SELECT max(id) FROM uploads) - ?", (UPLOAD_HISTORY,))
             self.conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self.conn.execute("ROLLBACK")
+        except (sqlite3.Error, KeyError, TypeError, ValueError) as exc:
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
             raise StoreError(str(exc)) from exc
-        return cur.rowcount
+        return changed
+
+    def max_id(self) -> int:
+        return self.conn.execute("SELECT coalesce(max(id), 0) FROM records").fetchone()[0]
 
     def last_sales(self, streams: list[str]) -> dict[str, dict]:
         out = {}
@@ -228,6 +265,17 @@ class RingStore:
             ).fetchone()
             if row:
                 out[stream] = {"seq": row[0], **json.loads(row[1])}
+        return out
+
+    def last_identities(self, nozzles: list[int]) -> dict[str, dict]:
+        """The newest GB/T 9081 ``identity`` record of each nozzle (drivers.gbt9081 restores from it)."""
+        out = {}
+        for nozzle in nozzles:
+            row = self.conn.execute(
+                "SELECT body FROM records WHERE nozzle=? AND kind='identity' ORDER BY id DESC LIMIT 1", (int(nozzle),)
+            ).fetchone()
+            if row:
+                out[str(nozzle)] = json.loads(row[0])
         return out
 
 
@@ -265,3 +313,10 @@ def sales(conn: sqlite3.Connection, nozzle: int | None = None, last: int | None 
            for s, q, n, t, b, u in rows]
     out.reverse()
     return out
+
+
+def uploads(conn: sqlite3.Connection, last: int = 20) -> list[dict]:
+    rows = conn.execute("SELECT t, lane, msg_seq, records, result, latency_ms, detail FROM uploads "
+                        "ORDER BY id DESC LIMIT ?", (last,)).fetchall()
+    keys = ("t", "lane", "msg_seq", "records", "result", "latency_ms", "detail")
+    return [dict(zip(keys, r)) for r in reversed(rows)]

@@ -55,6 +55,7 @@ class StoreWriter:
         self.stopping = False
         self.commits = 0
         self.records = 0
+        self.subscribers: set[socket.socket] = set()
 
     def serve(self) -> None:
         try:
@@ -104,6 +105,7 @@ class StoreWriter:
                 data = b""
             if not data:
                 self.sel.unregister(conn)
+                self.subscribers.discard(conn)
                 conn.close()
                 return
             try:
@@ -131,6 +133,7 @@ class StoreWriter:
             else:
                 self.commits += 1
                 self.records += len(records)
+                self._notify()
                 i = 0
                 for conn, req in puts:
                     n = len(req["records"])
@@ -143,8 +146,16 @@ class StoreWriter:
             try:
                 if op == "ack":
                     reply = {"changed": self.store.mark_acked(str(req["stream"]), int(req["seq"]))}
+                elif op == "acks":
+                    reply = {"changed": self.store.apply_acks(req.get("acks") or {}, req.get("sacks") or {},
+                                                              req.get("log"))}
+                elif op == "subscribe":
+                    self.subscribers.add(conn)
+                    reply = {"subscribed": True, "max_id": self.store.max_id()}
                 elif op == "last_sales":
                     reply = {"sales": self.store.last_sales([str(s) for s in req["streams"]])}
+                elif op == "last_identities":
+                    reply = {"identities": self.store.last_identities([int(n) for n in req["nozzles"]])}
                 elif op == "ping":
                     reply = {"pong": True, "commits": self.commits}
                 else:
@@ -153,6 +164,20 @@ class StoreWriter:
                 reply = {"error": str(exc)}
             reply["id"] = req.get("id")
             self._reply(conn, reply)
+
+    def _notify(self) -> None:
+        """Tell subscribers (the uplink) that records were committed. Never blocks: a subscriber that
+        is behind misses a wake-up, not a record (it reads by id)."""
+        if not self.subscribers:
+            return
+        message = protocol.encode({"event": "committed", "max_id": self.store.max_id()})
+        for conn in list(self.subscribers):
+            try:
+                conn.send(message)
+            except BlockingIOError:
+                pass
+            except OSError:
+                self.subscribers.discard(conn)
 
     def _reply(self, conn: socket.socket, obj: dict) -> None:
         try:

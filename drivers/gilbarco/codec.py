@@ -831,10 +831,18 @@ class LoopDecoder:
     conversation: each command says what reply to expect; a missing reply is tolerated. With
     ``"ctrl"`` or ``"pump"`` the stream holds one direction only. ``feed`` returns the events
     completed so far; ``flush`` decides whatever is left (end of a capture).
+
+    ``echo=True`` (merged captures only) is for a stream that carries each controller item twice,
+    as sent and as echoed by the loop (a tap on both lines of the controller's UART, or a relay that
+    copies both directions): an immediate identical copy of a command byte or a controller block is
+    consumed as its echo (an event with ``note="echo"``). A stream without echoes decodes the same,
+    except that a DATA_ERROR reply to ``0n`` (the byte ``0n`` itself) is taken for the echo.
     """
 
-    def __init__(self, direction: str | None = None) -> None:
+    def __init__(self, direction: str | None = None, echo: bool = False) -> None:
         self.direction = normalize_direction(direction)
+        self.echo = bool(echo) and self.direction is None
+        self._echo_of = b""
         self._buf = bytearray()
         self._base = 0
         self._expect: tuple = ("cmd",)
@@ -849,6 +857,7 @@ class LoopDecoder:
     def flush(self) -> list[LoopEvent]:
         events = self._run(final=True)
         self._expect = ("cmd",)
+        self._echo_of = b""
         return events
 
     # -- machinery
@@ -879,6 +888,15 @@ class LoopDecoder:
             return self._controller_item(final)
         if self.direction == PUMP:
             return self._pump_item(final)
+        if self._echo_of:
+            echo, self._echo_of = self._echo_of, b""
+            n = min(len(echo), len(self._buf))
+            if self._buf[:n] == echo[:n]:
+                if n == len(echo):
+                    return self._event(n, CTRL, note="echo")
+                if not final:
+                    self._echo_of = echo
+                    return _NEED
         kind = self._expect[0]
         if kind == "cmd":
             return self._controller_item(final)
@@ -935,6 +953,8 @@ class LoopDecoder:
             note = None if dl_ok else "data-length word does not follow the rule"
             if isinstance(message, SpecialFunctionBlock) and self.direction is None:
                 self._expect = ("special",)
+            if self.echo:
+                self._echo_of = raw
             return self._event(length, CTRL, message, note=note)
         if byte >= 0xE0:
             run = 1
@@ -955,6 +975,8 @@ class LoopDecoder:
                 self._expect = ("block", command.pump, code)
             elif code == CommandCode.REALTIME_MONEY:
                 self._expect = ("money", command.pump)
+            if self.echo:
+                self._echo_of = bytes((byte,))
         return self._event(1, CTRL, command)
 
     def _pump_block(self, final: bool, decoder):
