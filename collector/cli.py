@@ -63,6 +63,9 @@ def cmd_decode(args) -> int:
         out = module.decode_capture(data) if args.direction == "auto" else module.decode_capture(data, args.direction)
     json.dump(out, sys.stdout, indent=None if args.compact else 1, ensure_ascii=False)
     print()
+    if args.protocol == "vr":  # VR items say checksum_valid, and framing errors / unparsable data are failures
+        return 0 if all(f.get("checksum_valid", True) and f.get("kind") != "framing_error" and "error" not in f
+                        for f in out) else 1
     return 0 if all(f.get("valid", True) for f in out) else 1
 
 
@@ -157,7 +160,7 @@ def cmd_sales(args) -> int:
     for r in rows:
         flags = "!" if r.get("flags") else " "
         print(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r['t']))} {r['nozzle']:>3}{r['seq']:>6} "
-              f"{str(r.get('grade', '')):<5}{r['price']:>7}{r['volume']:>9}{r['amount']:>10}{r['vol_total']:>13}"
+              f"{str(r.get('grade', '')):<5}{r['price']:>7}{r['volume']:>9}{r['amount']:>10}{str(r['vol_total'] if r['vol_total'] is not None else '-'):>13}"
               f"{flags}{r['upload'][0]}")
     return 0
 
@@ -177,6 +180,94 @@ def cmd_uploads(args) -> int:
         print(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r['t']))} {r['lane']:<9}{r['msg_seq'] or 0:>7}"
               f"{r['records']:>6} {r['result']:<8}{ms:>8}  {(r['detail'] or '')[:18]}")
     return 0
+
+
+def _num(v, width: int, places: int = 1) -> str:
+    return f"{v:>{width}.{places}f}" if isinstance(v, (int, float)) else f"{'-':>{width}}"
+
+
+def cmd_tanks(args) -> int:
+    """Tank consoles: live levels from the VR driver's status board, deliveries and reconciliation
+    from the store. 80 columns, no colour."""
+    cfg = _load(args.config)
+    consoles = [p for p in cfg.ports if getattr(p, "console", None) is not None]
+    if not consoles:
+        print("no tank console configured")
+        return 1
+    boards = _runtime(cfg)
+    try:
+        from store.ringstore import open_readonly
+
+        conn = open_readonly(cfg.store.path)
+    except Exception as exc:  # noqa: BLE001 - the CLI reports, never crashes
+        conn = None
+        store_error = str(exc)
+    flags = {"delivery_in_progress": "DELIV", "leak_test_in_progress": "LEAKTEST", "invalid_fuel_height": "BADHEIGHT"}
+    code = 0
+    for port in consoles:
+        b = boards.get(f"port-{port.name}", {})
+        fresh = b and time.time() - b.get("updated", 0) < 60
+        state = ("online" if b.get("online") else "OFFLINE") if fresh else "NO LIVE DATA"
+        code |= 0 if fresh and b.get("online") else 1
+        print(f"tank console {port.name}  {port.device[:36]}  {state}  units {b.get('units', '?')}"[:80])
+        clock = b.get("clock") or {}
+        if clock:
+            drift = clock.get("drift_s")
+            print(f"  console clock {clock.get('console_time')}  drift {drift:+d} s  set_clock "
+                  f"{'on' if port.console.set_clock else 'off'}  updated {_age(b.get('updated'))}"[:80])
+        if b.get("line_error"):
+            print(f"  line: {b['line_error']}"[:80])
+        print(f"{'tank':>4} {'grade':<6}{'volume L':>10}{'ullage L':>10}{'fill':>5}{'height mm':>10}"
+              f"{'water mm':>9}{'temp C':>7}  status")
+        live = b.get("tanks", {}) if fresh else {}
+        for tank in port.console.tanks:
+            t = live.get(str(tank.number), {})
+            vol = t.get("volume")
+            fill = f"{100 * vol / tank.capacity:>4.0f}%" if isinstance(vol, (int, float)) else f"{'-':>5}"
+            status = [flags.get(f, f) for f in t.get("flags") or []]
+            if t.get("alarms"):
+                status.append(f"ALARM x{len(t['alarms'])}")
+            if t.get("rising"):
+                status.append("RISING")
+            line = (f"{tank.number:>4} {tank.grade_code[:5]:<6}{_num(vol, 10)}{_num(t.get('ullage'), 10)}{fill}"
+                    f"{_num(t.get('height'), 10)}{_num(t.get('water'), 9)}{_num(t.get('temperature'), 7)}  "
+                    f"{' '.join(status) or ('ok' if t else '-')}")
+            print(line[:80])
+        alarms = [f"{'tank' if a.get('category') == 2 else 'device'} {a['device']} {a['name']}"
+                  for a in (b.get("alarms", []) if fresh else [])]
+        if alarms:
+            import textwrap
+
+            print(textwrap.fill("; ".join(alarms), 80, initial_indent="  active alarms: ", subsequent_indent="    "))
+        if conn is None:
+            print(f"store: {store_error}"[:80])
+            continue
+        import json as _json
+
+        rows = [(t, _json.loads(body)) for t, body in conn.execute(
+            "SELECT t, body FROM records WHERE stream='delivery' ORDER BY id DESC LIMIT 200")]
+        rows = [(t, d) for t, d in rows if d.get("port") == port.name][:args.last]
+        print(f"deliveries (last {args.last})")
+        print(f"  {'tank':>4} {'start':<17}{'end':<17}{'volume L':>10}{'net L':>10}  source")
+        for _, d in reversed(rows):
+            net = d.get("adjusted_volume", d.get("volume") if d.get("derived") else None)
+            print(f"  {d.get('tank', 0):>4} {str(d.get('start'))[:16]:<17}{str(d.get('end'))[:16]:<17}"
+                  f"{_num(d.get('volume'), 10)}{_num(net, 10)}  {'derived' if d.get('derived') else 'console'}"[:80])
+        recon: dict[str, dict] = {}
+        for (body,) in conn.execute("SELECT body FROM records WHERE stream='recon' ORDER BY id DESC LIMIT 500"):
+            r = _json.loads(body)
+            if r.get("port") == port.name:
+                recon.setdefault(str(r.get("grade")), r)
+        print("reconciliation (last interval of each grade)")
+        print(f"  {'grade':<6}{'tanks':<7}{'ended':<9}{'dispensed':>10}{'delivered':>10}{'change':>10}"
+              f"{'variance':>9}{'tol':>7}  ok")
+        for grade, r in sorted(recon.items()):
+            tanks = ",".join(map(str, r.get("tanks", [])))
+            print(f"  {grade[:5]:<6}{tanks[:6]:<7}{time.strftime('%H:%M:%S', time.localtime(r.get('end_t', 0))):<9}"
+                  f"{_num(r.get('dispensed'), 10)}{_num(r.get('delivered'), 10)}{_num(r.get('volume_change'), 10)}"
+                  f"{_num(r.get('variance'), 9)}{_num(r.get('tolerance'), 7)}  "
+                  f"{'yes' if r.get('within_tolerance') else 'NO'}"[:80])
+    return code
 
 
 def cmd_demo(args) -> int:
@@ -224,6 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--last", type=int, default=20)
     p.set_defaults(func=cmd_uploads)
 
+    p = sub.add_parser("tanks", help="tank levels, deliveries and reconciliation of the tank consoles")
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.add_argument("--last", type=int, default=5, help="deliveries to show per console")
+    p.set_defaults(func=cmd_tanks)
+
     p = sub.add_parser("demo", help="run the real daemon against a simulated station")
     p.add_argument("--ports", type=int, default=32)
     p.add_argument("--duration", type=float, default=60.0, help="seconds of trading (Ctrl-C ends early)")
@@ -231,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--pace", type=float, default=1.0, help="customer speed factor (<1 = faster)")
     p.add_argument("--quiet", action="store_true", help="no live view")
+    p.add_argument("--tanks", action="store_true", help="add a tank console (VR) fed by the pumps' sales")
     p.add_argument("--uplink", choices=["mqtt", "http", "auto", "none"], default="auto",
                    help="deliver to the reference platform (auto: MQTT when mosquitto is installed, else HTTP)")
     p.set_defaults(func=cmd_demo)

@@ -77,6 +77,7 @@ class PortConfig:
     serial: SerialProfile
     pumps: tuple[PumpConfig, ...]
     options: dict = field(default_factory=dict, hash=False, compare=False)
+    console: TankConsoleConfig | None = None  # tank-gauge ports (protocol vr): tanks instead of pumps
 
 
 @dataclass(frozen=True)
@@ -313,6 +314,7 @@ def parse(text: str, source: str = "<config>", digest: str = "", base_dir: Path 
     seen_names: dict[str, tuple] = {}
     seen_devices: dict[str, tuple] = {}
     seen_nozzle_ids: dict[int, tuple] = {}
+    port_paths: list[tuple] = []
     for i, rp in enumerate(raw_ports):
         port = _port(c, rp, ("ports", i), seen_nozzle_ids)
         if port is None:
@@ -322,6 +324,8 @@ def parse(text: str, source: str = "<config>", digest: str = "", base_dir: Path 
                 c.fail(("ports", i, key), f"{value!r} is already used by {_fmt(seen[value])}")
             seen[value] = ("ports", i)
         ports.append(port)
+        port_paths.append(("ports", i))
+    _check_tank_links(c, ports, port_paths)
     uplink = _uplink(c, top.get("uplink"), resolve)
     if c.problems:
         raise ConfigError(source, c.problems)
@@ -376,6 +380,9 @@ def _uplink(c: _Checker, raw: Any, resolve) -> UplinkConfig:
 def _port(c: _Checker, rp: Any, path: tuple, seen_nozzle_ids: dict[int, tuple]) -> PortConfig | None:
     known = {"name", "device", "protocol", "mode", "baud", "data_bits", "parity", "stop_bits", "echo_suppression",
              "response_timeout", "inter_command_gap", "poll_interval", "offline_after", "pumps", "options"}
+    hint = PROTOCOLS.get(rp.get("protocol")) if isinstance(rp, dict) and isinstance(rp.get("protocol"), str) else None
+    if hint and hint.tanks:
+        known = (known - {"pumps"}) | TANK_PORT_KEYS
     d = c.mapping(rp, path, known)
     if not d:
         return None
@@ -405,8 +412,9 @@ def _port(c: _Checker, rp: Any, path: tuple, seen_nozzle_ids: dict[int, tuple]) 
     )
     options = c.get(d, "options", path, dict, {}, what="a mapping")
     pumps: list[PumpConfig] = []
-    raw_pumps = d.get("pumps")
-    if not isinstance(raw_pumps, list) or not raw_pumps:
+    tanks = bool(spec and spec.tanks)
+    raw_pumps = [] if tanks else d.get("pumps")
+    if not tanks and (not isinstance(raw_pumps, list) or not raw_pumps):
         c.fail(path + ("pumps",), "must be a non-empty list of pumps")
         raw_pumps = []
     seen_addresses: dict[int, tuple] = {}
@@ -432,7 +440,7 @@ def _port(c: _Checker, rp: Any, path: tuple, seen_nozzle_ids: dict[int, tuple]) 
             nd = c.mapping(rn, npath, {"number", "id", "grade", "decimals", "tank"})
             if not nd:
                 continue
-            number = c.get(nd, "number", npath, int, check=_between(1, 15))
+            number = c.get(nd, "number", npath, int, check=_between(*(spec.nozzle_range if spec else (1, 15))))
             nid = c.get(nd, "id", npath, int, check=_between(1, 999))
             if number is not None:
                 if number in seen_numbers:
@@ -458,4 +466,187 @@ def _port(c: _Checker, rp: Any, path: tuple, seen_nozzle_ids: dict[int, tuple]) 
     if spec and spec.max_pumps and len(pumps) > spec.max_pumps:
         c.fail(path + ("pumps",), f"{protocol} allows at most {spec.max_pumps} pumps on one line")
     return PortConfig(name=name or "", device=device or "", protocol=protocol or "", mode=mode or "master",
-                      serial=serial, pumps=tuple(pumps), options=options or {})
+                      serial=serial, pumps=tuple(pumps), options=options or {},
+                      console=_tank_console(c, d, path) if tanks else None)
+
+
+# ------------------------------------------------------------------ tank-gauge consoles (protocol vr)
+# A VR port carries ``tanks:`` instead of ``pumps:``, and the keys below. Volumes are litres, heights
+# millimetres, temperatures degrees C whatever the console's own units (the driver converts).
+
+TANK_PORT_KEYS = {"tanks", "security_code", "set_clock", "clock_interval", "clock_max_drift", "units",
+                  "end_of_message", "inventory_interval", "snapshot_interval", "delivery_interval",
+                  "alarm_interval", "leak_test_interval", "thresholds", "derived_delivery", "reconciliation"}
+CONSOLE_UNITS = ("auto", "metric", "us", "imperial")
+
+
+@dataclass(frozen=True)
+class TankThresholds:
+    """A new inventory reading is stored when it moved this far from the last stored one."""
+
+    volume: float = 50.0  # litres
+    height: float = 5.0  # mm
+    water: float = 2.0  # mm
+    temperature: float = 0.5  # degrees C
+
+
+@dataclass(frozen=True)
+class TankConfig:
+    number: int  # the console's tank number TT; also what nozzles name in their ``tank:`` key
+    grade_code: str
+    grade_name: str
+    capacity: float  # litres
+    product_code: str | None = None  # the console's one-character product code, checked when given
+    thresholds: TankThresholds = TankThresholds()
+
+
+@dataclass(frozen=True)
+class DerivedDelivery:
+    """Deliveries found from level rises (net of the sales of the tank's nozzles)."""
+
+    enabled: bool = True  # store a derived delivery when the console reports none for a rise
+    start_rise: float = 100.0  # litres above the recent level that start a rise
+    min_volume: float = 500.0  # litres: a smaller finished rise is not a delivery
+    settle: float = 180.0  # seconds without further rise that end it
+    grace: float = 1200.0  # seconds after the end to wait for the console's own report
+    baseline_window: float = 600.0  # seconds of history the rise is measured against
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    enabled: bool = True
+    interval: float = 3600.0  # seconds; boundaries fall on multiples of it (wall clock)
+    tolerance_abs: float = 50.0  # litres
+    tolerance_rel: float = 0.005  # of the interval's throughput (dispensed + delivered)
+    boundary_wait: float = 60.0  # seconds a boundary may wait for the tank's nozzles to stop fuelling
+
+
+@dataclass(frozen=True)
+class TankConsoleConfig:
+    tanks: tuple[TankConfig, ...]
+    security_code: str | None = None
+    set_clock: bool = False  # set the console clock from the collector's when it drifts too far
+    clock_interval: float = 600.0
+    clock_max_drift: float = 180.0  # seconds; the console clock has minute resolution
+    units: str = "auto"  # auto (ask the console), metric, us, imperial
+    end_of_message: bytes = b"\x03"
+    inventory_interval: float = 5.0
+    snapshot_interval: float = 900.0
+    delivery_interval: float = 60.0
+    alarm_interval: float = 10.0
+    leak_test_interval: float = 600.0
+    thresholds: TankThresholds = TankThresholds()
+    derived_delivery: DerivedDelivery = DerivedDelivery()
+    reconciliation: Reconciliation = Reconciliation()
+
+    def tank(self, number: int) -> TankConfig | None:
+        return next((t for t in self.tanks if t.number == number), None)
+
+
+def _printable6(v: str) -> str | None:
+    if len(v) == 6 and all(" " <= ch <= "~" for ch in v):
+        return None
+    return "must be 6 printable ASCII characters (quote it in YAML: \"012345\")"
+
+
+def _eom(v: str) -> str | None:
+    try:
+        raw = bytes.fromhex(v)
+    except ValueError:
+        raw = b""
+    return None if 1 <= len(raw) <= 2 else "must be 1 or 2 bytes in hex, e.g. \"03\" or \"0d0a\""
+
+
+def _thresholds(c: _Checker, raw: Any, path: tuple, base: TankThresholds) -> TankThresholds:
+    d = c.mapping(raw, path, {"volume", "height", "water", "temperature"})
+    return TankThresholds(**{k: c.get(d, k, path, float, getattr(base, k), _between(0, 100000)) or 0.0
+                             for k in ("volume", "height", "water", "temperature")})
+
+
+def _tank_console(c: _Checker, d: dict, path: tuple) -> TankConsoleConfig:
+    dflt = TankConsoleConfig(tanks=())
+    thresholds = _thresholds(c, d.get("thresholds"), path + ("thresholds",), TankThresholds())
+    tanks: list[TankConfig] = []
+    raw_tanks = d.get("tanks")
+    if not isinstance(raw_tanks, list) or not raw_tanks:
+        c.fail(path + ("tanks",), "must be a non-empty list of tanks")
+        raw_tanks = []
+    seen: dict[int, tuple] = {}
+    for j, rt in enumerate(raw_tanks):
+        tpath = path + ("tanks", j)
+        td = c.mapping(rt, tpath, {"number", "grade", "capacity", "product_code", "thresholds"})
+        if not td:
+            continue
+        number = c.get(td, "number", tpath, int, check=_between(1, 99))
+        if number is not None:
+            if number in seen:
+                c.fail(tpath + ("number",), f"tank {number} is already used by {_fmt(seen[number])}")
+            seen[number] = tpath
+        gd = c.mapping(td.get("grade"), tpath + ("grade",), {"code", "name"})
+        if "grade" not in td:
+            c.fail(tpath + ("grade",), "is required")
+        tanks.append(TankConfig(
+            number=number or 0,
+            grade_code=str(c.get(gd, "code", tpath + ("grade",), (str, int), "", what="a grade code") or ""),
+            grade_name=c.get(gd, "name", tpath + ("grade",), str, "") or "",
+            capacity=c.get(td, "capacity", tpath, float, check=_between(1, 1_000_000)) or 0.0,
+            product_code=c.get(td, "product_code", tpath, str, None, lambda v: None if len(v) == 1 and " " <= v <= "~"
+                               else "must be one printable ASCII character"),
+            thresholds=_thresholds(c, td.get("thresholds"), tpath + ("thresholds",), thresholds),
+        ))
+    dd_path, rc_path = path + ("derived_delivery",), path + ("reconciliation",)
+    dd = c.mapping(d.get("derived_delivery"), dd_path, {"enabled", "start_rise", "min_volume", "settle", "grace",
+                                                        "baseline_window"})
+    rc = c.mapping(d.get("reconciliation"), rc_path, {"enabled", "interval", "tolerance_abs", "tolerance_rel",
+                                                      "boundary_wait"})
+    ddf, rcf = DerivedDelivery(), Reconciliation()
+    eom = c.get(d, "end_of_message", path, str, "03", _eom)
+    return TankConsoleConfig(
+        tanks=tuple(tanks),
+        security_code=c.get(d, "security_code", path, str, None, _printable6, what="a quoted 6-character string"),
+        set_clock=c.get(d, "set_clock", path, bool, False, what="true or false"),
+        clock_interval=c.get(d, "clock_interval", path, float, dflt.clock_interval, _between(0.5, 86400)),
+        clock_max_drift=c.get(d, "clock_max_drift", path, float, dflt.clock_max_drift, _between(60, 86400)),
+        units=c.get(d, "units", path, str, "auto",
+                    lambda v: None if v in CONSOLE_UNITS else f"must be one of {', '.join(CONSOLE_UNITS)}"),
+        end_of_message=bytes.fromhex(eom) if eom else b"\x03",
+        inventory_interval=c.get(d, "inventory_interval", path, float, dflt.inventory_interval, _between(0.2, 3600)),
+        snapshot_interval=c.get(d, "snapshot_interval", path, float, dflt.snapshot_interval, _between(1, 86400)),
+        delivery_interval=c.get(d, "delivery_interval", path, float, dflt.delivery_interval, _between(0.5, 86400)),
+        alarm_interval=c.get(d, "alarm_interval", path, float, dflt.alarm_interval, _between(0.5, 86400)),
+        leak_test_interval=c.get(d, "leak_test_interval", path, float, dflt.leak_test_interval, _between(0.5, 86400)),
+        thresholds=thresholds,
+        derived_delivery=DerivedDelivery(
+            enabled=c.get(dd, "enabled", dd_path, bool, True, what="true or false"),
+            start_rise=c.get(dd, "start_rise", dd_path, float, ddf.start_rise, _between(1, 100000)),
+            min_volume=c.get(dd, "min_volume", dd_path, float, ddf.min_volume, _between(1, 1_000_000)),
+            settle=c.get(dd, "settle", dd_path, float, ddf.settle, _between(0.5, 86400)),
+            grace=c.get(dd, "grace", dd_path, float, ddf.grace, _between(0, 86400)),
+            baseline_window=c.get(dd, "baseline_window", dd_path, float, ddf.baseline_window, _between(1, 86400)),
+        ),
+        reconciliation=Reconciliation(
+            enabled=c.get(rc, "enabled", rc_path, bool, True, what="true or false"),
+            interval=c.get(rc, "interval", rc_path, float, rcf.interval, _between(2, 7 * 86400)),
+            tolerance_abs=c.get(rc, "tolerance_abs", rc_path, float, rcf.tolerance_abs, _between(0, 1_000_000)),
+            tolerance_rel=c.get(rc, "tolerance_rel", rc_path, float, rcf.tolerance_rel, _between(0, 1)),
+            boundary_wait=c.get(rc, "boundary_wait", rc_path, float, rcf.boundary_wait, _between(0, 3600)),
+        ),
+    )
+
+
+def _check_tank_links(c: _Checker, ports: list[PortConfig], paths: list[tuple]) -> None:
+    """Tank numbers are unique in the station, and a nozzle's ``tank:`` names a configured tank."""
+    tanks: dict[int, tuple] = {}
+    for port, ppath in zip(ports, paths):
+        for j, tank in enumerate(port.console.tanks if port.console else ()):
+            if tank.number in tanks and tanks[tank.number][:2] != ppath:
+                c.fail(ppath + ("tanks", j, "number"), f"tank {tank.number} is already used by {_fmt(tanks[tank.number])}")
+            tanks.setdefault(tank.number, ppath + ("tanks", j))
+    if not tanks:
+        return
+    for port, ppath in zip(ports, paths):
+        for j, pump in enumerate(port.pumps):
+            for k, n in enumerate(pump.nozzles):
+                if n.tank is not None and n.tank not in tanks:
+                    c.fail(ppath + ("pumps", j, "nozzles", k, "tank"),
+                           f"tank {n.tank} is not a tank of any tank console (known: {', '.join(map(str, sorted(tanks)))})")

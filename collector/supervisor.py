@@ -74,7 +74,7 @@ def driver_child(config, port) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__(0, True))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     ctx = DriverContext(config, port, lambda: stop[0])
-    PROTOCOLS[port.protocol].poller_class()(ctx).run()
+    PROTOCOLS[port.protocol].poller_class(port.mode)(ctx).run()
     return 0
 
 
@@ -216,8 +216,8 @@ def _preload(config) -> None:
     from drivers.registry import PROTOCOLS
 
     importlib.import_module("drivers.base")
-    for protocol in {p.protocol for p in config.ports}:
-        PROTOCOLS[protocol].poller_class()
+    for protocol, mode in {(p.protocol, p.mode) for p in config.ports}:
+        PROTOCOLS[protocol].poller_class(mode)
 
 
 def run(config) -> int:

@@ -2,7 +2,11 @@
 call into the store, a status board for the CLI, a logger, and the stop flag.
 
 A poller is a class ``Poller(ctx)`` with ``run()``; it owns its serial line and its timing and
-returns when ``ctx.stopping()`` turns true.
+returns when ``ctx.stopping()`` turns true. A listener (``mode: listen``, picked by
+``ProtocolSpec.poller_class(mode)``) has the same shape and never writes to its line. A driver for a
+GB/T 9081-2023 dispenser also fills ``drivers.gbt9081.Gbt9081Source`` (nozzle unique ID, core-part
+IDs, software ID, lock state, safety check) and hands the readings to a
+``gbt9081.IdentityTracker``, which turns them into identity / identity_changed events and alarms.
 """
 
 from __future__ import annotations

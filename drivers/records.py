@@ -58,7 +58,7 @@ class RawSale:
     volume: int
     amount: int
     price: int
-    vol_total: int
+    vol_total: int | None  # None: the totals were not read (listen mode, the POS never asked)
     amt_total: int | None
     pump_txn: int | None = None  # the pump's own transaction number, where the protocol has one
 
@@ -97,15 +97,15 @@ def sale(station, port, pump, nozzle, raw: RawSale, start_vol_total: int | None,
     when the totals before this sale are beyond where the last stored sale left them."""
     d = nozzle.decimals
     volume, amount, price = scaled(raw.volume, d.volume), scaled(raw.amount, d.amount), scaled(raw.price, d.price)
-    vol_total = scaled(raw.vol_total, d.totals)
-    flags = []
+    vol_total = scaled(raw.vol_total, d.totals) if raw.vol_total is not None else None
+    flags = [] if vol_total is not None else ["no_totals"]
     alarms = []
     expected = volume * price
     allowed = Decimal(str(tolerance.amount_abs)) + Decimal(str(tolerance.amount_rel)) * abs(amount)
     if abs(expected - amount) > allowed:
         flags.append("amount_mismatch")
     gaps = []
-    if start_vol_total is not None:
+    if start_vol_total is not None and vol_total is not None:
         delta = vol_total - scaled(start_vol_total, d.totals)
         excess = delta - volume
         if abs(excess) > Decimal(str(tolerance.totals_volume_abs)):
@@ -119,7 +119,7 @@ def sale(station, port, pump, nozzle, raw: RawSale, start_vol_total: int | None,
         "station": station.name, "nozzle": nozzle.id, "port": port.name, "pump": pump.address,
         "logical_nozzle": nozzle.number, "grade": nozzle.grade_code, "grade_name": nozzle.grade_name,
         "price": _num(price), "volume": _num(volume), "amount": _num(amount),
-        "vol_total": _num(vol_total),
+        "vol_total": _num(vol_total) if vol_total is not None else None,
         "amt_total": _num(scaled(raw.amt_total, d.totals)) if raw.amt_total is not None else None,
         "vol_total_start": _num(scaled(start_vol_total, d.totals)) if start_vol_total is not None else None,
         "amt_total_start": _num(scaled(start_amt_total, d.totals)) if start_amt_total is not None else None,
@@ -128,11 +128,13 @@ def sale(station, port, pump, nozzle, raw: RawSale, start_vol_total: int | None,
     }
     if extra:
         body.update(extra)
-    key = f"{raw.vol_total}:{raw.amt_total}:{raw.volume}:{raw.amount}:{raw.pump_txn}"
+    # without totals a sale has no natural identity (two equal fills would collapse): no key
+    key = f"{raw.vol_total}:{raw.amt_total}:{raw.volume}:{raw.amount}:{raw.pump_txn}" if vol_total is not None else None
     rec = _record(sale_stream(nozzle.id), "sale", body, nozzle=nozzle.id, key=key)
-    if flags:
+    metering = [f for f in flags if f != "no_totals"]
+    if metering:
         alarms.append(alarm("metering_out_of_tolerance", nozzle=nozzle.id, port=port.name, pump=pump.address,
-                            detail={"flags": flags, "volume": body["volume"], "amount": body["amount"],
+                            detail={"flags": metering, "volume": body["volume"], "amount": body["amount"],
                                     "price": body["price"], "vol_total": body["vol_total"],
                                     "vol_total_start": body["vol_total_start"]}))
     return rec, gaps + alarms

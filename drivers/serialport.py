@@ -39,9 +39,10 @@ class Line:
             kwargs.pop("exclusive")
             self.port = serial.serial_for_url(device, **kwargs)
         elif is_pty(device):
-            # A pty has no wire and Linux strips PARENB from it, which makes re-applying parity fail
-            # with EINVAL on the next open. Parity still counts in byte_time below.
+            # A pty has no wire and Linux strips PARENB from it (and keeps CS8), which makes re-applying
+            # parity or 7 data bits fail with EINVAL on the next open. Both still count in byte_time below.
             kwargs["parity"] = serial.PARITY_NONE
+            kwargs["bytesize"] = serial.EIGHTBITS
             self.port = serial.Serial(device, **kwargs)
         else:
             self.port = serial.Serial(device, **kwargs)

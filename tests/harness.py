@@ -21,13 +21,16 @@ FAST = dict(gap=(0.4, 1.2), fill_seconds=(0.3, 0.8), volume=(2.0, 40.0), poll_in
 
 
 class Station:
-    def __init__(self, workdir, ports=4, seed=3, **kw):
+    def __init__(self, workdir, ports=4, seed=3, uplink=None, uplink_options=None, platform_extra=(), **kw):
         self.workdir = str(workdir)
         params = dict(FAST, **kw)
         defects = params.pop("defects", {})
+        self.broker = self.platform = None
+        if uplink:
+            self._start_platform(uplink, uplink_options or {}, platform_extra, params)
         self.cfg_path, self.specs = station.make_station(self.workdir, ports=ports, seed=seed, **params)
         for spec in self.specs:
-            for pump in spec["pumps"]:
+            for pump in spec.get("pumps", ()):
                 if (spec["name"], pump["address"]) in defects:
                     pump["defect"] = defects[(spec["name"], pump["address"])]
         self.cfg = load(self.cfg_path)
@@ -35,6 +38,39 @@ class Station:
         self.sims: list[subprocess.Popen] = []
         self.daemon: subprocess.Popen | None = None
         self.log = open(os.path.join(self.workdir, "daemon.log"), "a")
+
+    def _start_platform(self, transport, options, platform_extra, params):
+        from tools.platform_run import Platform, uplink_config
+
+        if transport == "mqtt":
+            from tools.broker import MosquittoBroker, mosquitto_path
+
+            if mosquitto_path() is None:
+                import pytest
+
+                pytest.skip("mosquitto is not installed (make test installs it as root on Debian)")
+            self.broker = MosquittoBroker(os.path.join(self.workdir, "broker")).start()
+        self.platform = Platform(os.path.join(self.workdir, "platform"), http=transport == "http",
+                                 mqtt_port=self.broker.port if self.broker else None, extra=platform_extra).start()
+        self.platform.register("SIM-STATION-001", os.path.join(self.workdir, "device.key"))
+        extra = dict(params.pop("extra", None) or {})
+        extra["uplink"] = uplink_config(self.workdir, transport, self.platform,
+                                        self.broker.port if self.broker else None, **options)
+        params["extra"] = extra
+
+    def platform_sales(self):
+        """Sales the platform received: (device, stream, seq) -> body, and the raw list."""
+        got = [r for r in self.platform.received() if r["kind"] == "sale"]
+        return got
+
+    def wait_delivered(self, timeout=60):
+        """Every sale in the store is held by the platform."""
+        def done():
+            stored = {(f"sale:{n}", q) for n, q in self.conn().execute(
+                "SELECT nozzle, seq FROM records WHERE kind='sale'")}
+            held = {(r["stream"], r["seq"]) for r in self.platform_sales()}
+            return stored and stored <= held
+        return self.wait_for(done, timeout, "every stored sale delivered to the platform")
 
     # processes
     def start_sims(self):
@@ -61,6 +97,10 @@ class Station:
         control(next(s["link"] for s in self.specs if s["name"] == port), command)
 
     def close(self):
+        if self.platform:
+            self.platform.stop()
+        if self.broker:
+            self.broker.stop()
         if self.daemon and self.daemon.poll() is None:
             try:
                 os.killpg(self.daemon.pid, signal.SIGKILL)
@@ -74,6 +114,12 @@ class Station:
         self.log.close()
 
     # observation
+    def uplink_board(self) -> dict:
+        return read_all(self.cfg.runtime_dir).get("uplink", {})
+
+    def uplink_pid(self):
+        return self.supervisor().get("children", {}).get("uplink", {}).get("pid")
+
     def supervisor(self) -> dict:
         return read_all(self.cfg.runtime_dir).get("supervisor", {})
 
@@ -82,6 +128,12 @@ class Station:
 
     def truth(self):
         return station.read_truth(self.truth_path)
+
+    def tank_truth(self):
+        """The tank console simulator's ground truth: its finished deliveries."""
+        from tools.sim.vr_console import read_deliveries
+
+        return read_deliveries(os.path.join(self.workdir, "tank_truth.jsonl"))
 
     def conn(self):
         return open_readonly(self.cfg.store.path)

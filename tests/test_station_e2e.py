@@ -61,11 +61,12 @@ def test_kill_9_driver_mid_sale_restarts_and_loses_nothing(make_station):
     killed = 0
     for _ in range(3):
         pid = st.wait_for(lambda: st.supervisor()["children"]["drv-p01"].get("pid"), 30, "driver running")
-        st.wait_for(lambda: st.board("p01").get("pid") == pid and any(
+        st.wait_for(lambda pid=pid: st.board("p01").get("pid") == pid and any(
             p.get("status") == "filling" for p in st.board("p01").get("pumps", {}).values()), 30, "a fill on p01")
         os.kill(pid, signal.SIGKILL)
         killed += 1
-        st.wait_for(lambda: (st.supervisor()["children"]["drv-p01"].get("pid") or pid) != pid, 30, "driver restart")
+        st.wait_for(lambda pid=pid: (st.supervisor()["children"]["drv-p01"].get("pid") or pid) != pid, 30,
+                    "driver restart")
     st.wait_for(lambda: st.compare()["stored"] >= 15, 90, "more sales after the kills")
     result = st.wait_all_captured()
     assert (result["missing"], result["duplicated"], result["chain_breaks"]) == (0, 0, 0)
@@ -78,9 +79,9 @@ def test_kill_9_whole_daemon_during_burst(make_station):
     st = make_station(ports=4, sides=(2, 2), nozzles=(1, 2), gap=(1.5, 2.5), fill_seconds=(0.3, 0.6))
     st.start_sims()
     st.start_daemon()
-    for round_ in range(2):
+    for _ in range(2):
         target = st.compare()["stored"] + 10
-        st.wait_for(lambda: st.compare()["stored"] >= target, 60, "a burst of sales")
+        st.wait_for(lambda target=target: st.compare()["stored"] >= target, 60, "a burst of sales")
         st.kill_daemon()  # supervisor, store writer and every driver at once
         st.start_daemon()
     result = st.wait_all_captured()

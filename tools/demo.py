@@ -36,21 +36,67 @@ def _live(cfg, started: float, truth_path: str) -> str:
                 states[n.get("state") or "?"] = states.get(n.get("state") or "?", 0) + 1
     sold = len(station.read_truth(truth_path)[0])
     st = " ".join(f"{k}:{v}" for k, v in sorted(states.items()))
-    return f"{time.monotonic() - started:5.0f}s sold {sold:5d} captured {sales:5d} pumps {online}/{pumps} {st}"[:79]
+    tk = _tank_live(cfg, boards)
+    return f"{time.monotonic() - started:5.0f}s sold {sold:5d} captured {sales:5d} pumps {online}/{pumps}{tk} {st}"[:79]
+
+
+def _tank_live(cfg, boards) -> str:
+    """`` tanks 4 dlv 1 var -0.3`` for the live line: tanks online, deliveries stored, last variance."""
+    out = ""
+    for port in cfg.ports:
+        b = boards.get(f"port-{port.name}", {})
+        if getattr(port, "console", None) is None:
+            continue
+        tanks = sum(1 for t in b.get("tanks", {}).values() if t.get("volume") is not None) if b.get("online") else 0
+        stats = b.get("stats", {})
+        variances = [r.get("variance", 0.0) for r in b.get("recon", {}).values()]
+        worst = max(variances, key=abs, default=0.0)
+        out += f" tanks {tanks} dlv {stats.get('deliveries', 0) + stats.get('derived_deliveries', 0)} var {worst:+.1f}"
+    return out
+
+
+def _tank_options(duration: float) -> dict:
+    """The demo's tank console: a delivery the console reports at 1/4 of the run, one it does not at 1/2."""
+    interval = max(10.0, duration / 3)
+    return {"tanks": True,
+            "tank_port": {"inventory_interval": 1.0, "delivery_interval": 2.0,
+                          "derived_delivery": {"start_rise": 100.0, "min_volume": 300.0, "settle": 3.0, "grace": 5.0},
+                          "reconciliation": {"interval": interval, "tolerance_abs": 20.0, "boundary_wait": interval}},
+            "tank_sim": {"events": [{"at": duration / 4, "do": "deliver 1 3000 4 report"},
+                                    {"at": duration / 2, "do": "deliver 2 2000 4 noreport"}]}}
+
+
+def _tank_summary(cfg, conn, workdir: str) -> bool:
+    """Deliveries: the console simulator's truth against the store; reconciliation records and variance."""
+    from tools.sim.vr_console import read_deliveries
+
+    truth = read_deliveries(os.path.join(workdir, "tank_truth.jsonl"))
+    stored = [json.loads(b) for (b,) in conn.execute("SELECT body FROM records WHERE stream='delivery' ORDER BY id")]
+    recon = [json.loads(b) for (b,) in conn.execute("SELECT body FROM records WHERE stream='recon' ORDER BY id")]
+    alarms = conn.execute("SELECT count(*) FROM records WHERE stream='alarm' AND body LIKE '%wetstock_variance%'"
+                          ).fetchone()[0]
+    derived = sum(1 for d in stored if d.get("derived"))
+    worst = max((abs(r["variance"]) for r in recon), default=0.0)
+    print(f"  deliveries (console's truth)    {len(truth)} ({sum(1 for d in truth if d['reported'])} reported by it)")
+    print(f"  deliveries stored               {len(stored)} ({len(stored) - derived} reported, {derived} derived)")
+    print(f"  reconciliation records          {len(recon)}, max |variance| {worst:.2f} L, {alarms} alarm(s)")
+    by_tank = sorted(d["tank"] for d in truth)
+    return by_tank == sorted(d["tank"] for d in stored)
 
 
 def main(args) -> int:
     workdir = args.workdir or tempfile.mkdtemp(prefix="collector-demo-")
     keep = bool(args.workdir)
     if args.workdir and os.path.exists(os.path.join(workdir, "truth.jsonl")):
-        for name in ("truth.jsonl", "store.db", "store.db-wal", "store.db-shm"):
+        for name in ("truth.jsonl", "tank_truth.jsonl", "store.db", "store.db-wal", "store.db-shm"):
             try:
                 os.unlink(os.path.join(workdir, name))
             except FileNotFoundError:
                 pass
     cfg_path, specs = station.make_station(workdir, ports=args.ports, seed=args.seed,
                                            gap=(2.0 * args.pace, 8.0 * args.pace),
-                                           fill_seconds=(3.0 * args.pace, 10.0 * args.pace))
+                                           fill_seconds=(3.0 * args.pace, 10.0 * args.pace),
+                                           **(_tank_options(args.duration) if getattr(args, "tanks", False) else {}))
     from collector.config import load
 
     cfg = load(cfg_path)
@@ -110,11 +156,12 @@ def main(args) -> int:
     print(f"  totalizer chain breaks          {result['chain_breaks']}")
     print(f"  write commands sent to pumps    {len(violations)}")
     print(f"  store integrity                 {integrity}")
+    tanks_ok = _tank_summary(cfg, conn, workdir) if getattr(args, "tanks", False) else True
     print(f"  daemon exit code                {daemon.returncode}")
     if result["missing_list"]:
         print("  first missing:", json.dumps(result["missing_list"][:3]))
     ok = (result["missing"] == 0 and result["duplicated"] == 0 and not violations and integrity == "ok"
-          and result["sold"] > 0)
+          and result["sold"] > 0 and tanks_ok)
     if not keep and ok:
         shutil.rmtree(workdir, ignore_errors=True)
     elif not keep:

@@ -18,8 +18,13 @@ CREDIT_CODE = "91440300MA5F123452"
 
 def make_station(workdir: str, ports: int = 32, seed: int = 7, *, sides=(1, 2), nozzles=(1, 4),
                  gap=(2.0, 8.0), fill_seconds=(3.0, 10.0), volume=(5.0, 60.0), max_sales=None,
-                 poll_interval=0.25, response_timeout=0.2, sales_per_nozzle=2000, extra: dict | None = None):
-    """Write ``collector.yaml`` in ``workdir``; return (config path, list of simulator specs)."""
+                 poll_interval=0.25, response_timeout=0.2, sales_per_nozzle=2000, extra: dict | None = None,
+                 tanks: bool = False, tank_port: dict | None = None, tank_sim: dict | None = None):
+    """Write ``collector.yaml`` in ``workdir``; return (config path, list of simulator specs).
+
+    ``tanks``: add a VR tank console (port ``atg``, one tank per grade, every nozzle drawing from the
+    tank of its grade) and its simulator spec (``"kind": "vr"``, last in the list); ``tank_port`` and
+    ``tank_sim`` override keys of the console's port configuration and of its simulator spec."""
     rng = random.Random(seed)
     os.makedirs(workdir, exist_ok=True)
     port_cfgs, specs = [], []
@@ -36,6 +41,8 @@ def make_station(workdir: str, ports: int = 32, seed: int = 7, *, sides=(1, 2), 
                 code, gname, price = GRADES[(number - 1) % len(GRADES)]
                 ncfgs.append({"number": number, "id": nozzle_id, "grade": {"code": code, "name": gname},
                               "decimals": {"volume": 2, "amount": 2, "price": 2, "totals": 2}})
+                if tanks:
+                    ncfgs[-1]["tank"] = (number - 1) % len(GRADES) + 1
                 nspecs.append({"number": number, "price": price, "vol_total": rng.randint(10**6, 10**8),
                                "amt_total": rng.randint(10**7, 10**9)})
                 nozzle_id += 1
@@ -46,6 +53,10 @@ def make_station(workdir: str, ports: int = 32, seed: int = 7, *, sides=(1, 2), 
         specs.append({"name": name, "link": link, "truth": os.path.join(workdir, "truth.jsonl"),
                       "seed": seed * 1000 + i, "gap": list(gap), "fill_seconds": list(fill_seconds),
                       "volume": list(volume), "max_sales": max_sales, "pumps": pump_specs})
+    if tanks:
+        port_cfg, spec = _tank_console(workdir, port_cfgs, tank_port, tank_sim)
+        port_cfgs.append(port_cfg)
+        specs.append(spec)
     config = {
         "station": {"device_id": "SIM-STATION-001", "name": "模拟加油站 Simulated Station", "credit_code": CREDIT_CODE},
         "store": {"path": os.path.join(workdir, "store.db"), "sales_per_nozzle": sales_per_nozzle},
@@ -61,11 +72,33 @@ def make_station(workdir: str, ports: int = 32, seed: int = 7, *, sides=(1, 2), 
     return path, specs
 
 
+def _tank_console(workdir: str, port_cfgs: list[dict], port: dict | None, sim: dict | None) -> tuple[dict, dict]:
+    """The VR console port (one 30 000 L tank per grade) and its simulator spec."""
+    link = os.path.join(workdir, "tty-atg")
+    tanks = [{"number": i + 1, "grade": {"code": code, "name": name}, "capacity": 30000.0, "product_code": str(i + 1)}
+             for i, (code, name, _) in enumerate(GRADES)]
+    cfg = {"name": "atg", "device": link, "protocol": "vr", "response_timeout": 1.0, "inter_command_gap": 0.0,
+           "inventory_interval": 2.0, "delivery_interval": 10.0, "alarm_interval": 5.0,
+           "derived_delivery": {"start_rise": 100.0, "min_volume": 300.0, "settle": 10.0, "grace": 30.0},
+           "reconciliation": {"interval": 60.0, "tolerance_abs": 20.0, "boundary_wait": 10.0},
+           "tanks": tanks, **(port or {})}
+    mapping = [{"port": p["name"], "address": pump["address"], "nozzle": n["number"], "tank": n["tank"]}
+               for p in port_cfgs for pump in p.get("pumps", []) for n in pump["nozzles"] if "tank" in n]
+    spec = {"kind": "vr", "name": "atg", "link": link, "truth": os.path.join(workdir, "tank_truth.jsonl"),
+            "sales": os.path.join(workdir, "truth.jsonl"), "units": 2, "nozzle_tanks": mapping,
+            "tanks": [{"number": t["number"], "product": t["product_code"], "label": f"GRADE {t['grade']['code']}",
+                       "capacity": t["capacity"], "volume": 12000.0 + 1000.0 * t["number"], "temperature": 18.0}
+                      for t in tanks],
+            "events": [], **(sim or {})}
+    return cfg, spec
+
+
 def start_simulators(specs: list[dict], log=None) -> list[subprocess.Popen]:
-    """One simulator process per bus; returns once every pty link exists."""
+    """One simulator process per bus (or tank console, ``"kind": "vr"``); returns once every pty link exists."""
     procs = []
     for spec in specs:
-        procs.append(subprocess.Popen([sys.executable, "-m", "tools.sim.dart_pump", "--spec", json.dumps(spec)],
+        module = "tools.sim.vr_console" if spec.get("kind") == "vr" else "tools.sim.dart_pump"
+        procs.append(subprocess.Popen([sys.executable, "-m", module, "--spec", json.dumps(spec)],
                                       stdout=log or subprocess.DEVNULL, stderr=log or subprocess.DEVNULL))
     deadline = time.monotonic() + 20
     for spec in specs:

@@ -13,7 +13,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from drivers import records
+from drivers import gbt9081, records
 from drivers.dart import codec as dart
 from drivers.serialport import Line
 
@@ -68,6 +68,7 @@ class DartPoller:
         self.by_address = {s.cfg.address: s for s in self.sides}
         self.line: Line | None = None
         self.framer = dart.Framer()
+        self.identities = gbt9081.IdentityTracker(ctx, [n.id for p in ctx.port.pumps for n in p.nozzles])
         self.stats = {"polls": 0, "timeouts": 0, "bad_frames": 0, "naks": 0, "cycles": 0, "sales": 0,
                       "duplicates": 0, "cycle_ms": 0.0, "started": time.time(), "first_poll": None}
 
@@ -231,10 +232,13 @@ class DartPoller:
                 self.ctx.capture([records.alarm(dart.ALARM_NAMES.get(msg.alarm, f"dart_alarm_{msg.alarm}"),
                                                 port=self.port.name, pump=side.cfg.address, code=msg.alarm)])
             elif isinstance(msg, dart.PumpIdentity):
-                if msg.identity != side.identity:
+                if msg.identity != side.identity:  # GB/T 9081 identity of each nozzle: DART gives the pump's
                     side.identity = msg.identity
-                    self.ctx.capture([records.event("pump_identity", port=self.port.name, pump=side.cfg.address,
-                                                    identity=f"{msg.identity:010d}")])
+                    found = [r for n in side.cfg.nozzles for r in self.identities.update(
+                        self.port.name, side.cfg.address, n.id,
+                        self.identities.merged(n.id, pump_identity=f"{msg.identity:010d}"))]
+                    if found:
+                        self.ctx.capture(found)
         self._update_states(side)
 
     def _on_status(self, side: PumpSide, status: int) -> None:
@@ -288,8 +292,8 @@ class DartPoller:
         start = side.chain.get(cap.nozzle)
         raw = records.RawSale(volume=cap.fill[0], amount=cap.fill[1], price=cap.price or 0,
                               vol_total=cap.vol_total, amt_total=cap.amt_total)
-        if raw.volume == 0 and start and start[0] == raw.vol_total:
-            return  # nozzle lifted and hung without fuel: nothing was sold
+        if start and start[0] == raw.vol_total:
+            return  # totals unmoved since the last stored sale: no fuel, or that sale again (after a restart)
         sale, raised = records.sale(self.ctx.station, self.port, side.cfg, nozzle_cfg, raw,
                                     start[0] if start else None, start[1] if start else None, self.ctx.tolerance)
         gaps = [r for r in raised if r["kind"] == "gap"]
@@ -325,11 +329,13 @@ class DartPoller:
             side.last_rx = None
             nozzles = [n.id for n in side.cfg.nozzles]
             self.ctx.capture([records.alarm("pump_offline", port=self.port.name, pump=side.cfg.address,
-                                            nozzles=nozzles, silent_polls=side.silent)])
+                                            nozzles=nozzles, silent_polls=side.silent),
+                              *gbt9081.offline_alarms(self.port.name, side.cfg, side.silent)])
             self._update_states(side)
         elif not side.heard_once and side.silent == self.profile.offline_after:
             self.ctx.capture([records.alarm("pump_offline", port=self.port.name, pump=side.cfg.address,
-                                            nozzles=[n.id for n in side.cfg.nozzles], silent_polls=side.silent)])
+                                            nozzles=[n.id for n in side.cfg.nozzles], silent_polls=side.silent),
+                              *gbt9081.offline_alarms(self.port.name, side.cfg, side.silent)])
             self._update_states(side)
 
     def _update_states(self, side: PumpSide) -> None:

@@ -143,6 +143,25 @@ def rollup(pid: int) -> dict[str, int] | None:
     return out
 
 
+def by_mapping(pid: int) -> dict[str, dict[str, int]]:
+    """/proc/<pid>/smaps summed per mapped object (file basename, [heap], [anon], [stack]...), in kB."""
+    out: dict[str, dict[str, int]] = {}
+    cur: dict[str, int] | None = None
+    try:
+        with open(f"/proc/{pid}/smaps") as f:
+            for line in f:
+                head = line.split(None, 5)
+                if "-" in head[0] and not head[0].endswith(":"):
+                    name = os.path.basename(head[5].strip()) if len(head) > 5 else "[anon]"
+                    cur = out.setdefault(name if name.startswith("[") or "." not in name else name.split(".so")[0].split(".cpython")[0],
+                                         {"Pss": 0, "Private_Dirty": 0, "Private_Clean": 0, "Rss": 0})
+                elif cur is not None and head[0].rstrip(":") in cur:
+                    cur[head[0].rstrip(":")] += int(head[1])
+    except OSError:
+        pass
+    return out
+
+
 def unique_kb(pids: Iterable[int]) -> int | None:
     """Resident memory of a group of processes with every physical page counted once (the union of
     the page frames they map, from /proc/<pid>/pagemap). This is what the group would cost with no
@@ -183,11 +202,12 @@ class LiveStation:
     """
 
     def __init__(self, ports: int, tweak: Callable[[dict], None] | None = None, keep: bool = False,
-                 **station_kw) -> None:
+                 stop_timeout: float = 20.0, **station_kw) -> None:
         from tools import station
 
         self.workdir = tempfile.mkdtemp(prefix="collector-bench-")
         self.keep = keep
+        self.stop_timeout = stop_timeout  # close(): SIGTERM, then SIGKILL to the group after this long
         self.cfg_path, self.specs = station.make_station(self.workdir, ports=ports, **station_kw)
         if tweak:
             with open(self.cfg_path) as f:
@@ -223,17 +243,14 @@ class LiveStation:
                                        stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
                                        start_new_session=True)
 
-    def stop_daemon(self, timeout: float = 20.0) -> None:
+    def stop_daemon(self, timeout: float | None = None) -> None:
         d = self.daemon
         if d is None:
             return
-        if d.poll() is None:
+        if d.poll() is None:  # SIGTERM to the supervisor only, as systemd's KillMode=mixed does
+            d.send_signal(signal.SIGTERM)
             try:
-                os.killpg(d.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                d.wait(timeout=timeout)
+                d.wait(timeout=self.stop_timeout if timeout is None else timeout)
             except subprocess.TimeoutExpired:
                 pass
         try:  # anything left in its group (a child that outlived the supervisor)

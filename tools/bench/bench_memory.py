@@ -29,7 +29,16 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tools.bench._common import LiveStation, fit_line, header, median, rollup, table, unique_kb  # noqa: E402
+from tools.bench._common import (  # noqa: E402
+    LiveStation,
+    by_mapping,
+    fit_line,
+    header,
+    median,
+    rollup,
+    table,
+    unique_kb,
+)
 
 GOAL_TREE_PSS_MB = 24.0
 SAMPLES = 5
@@ -40,7 +49,7 @@ def _mb(kb: float) -> float:
 
 
 def measure(ports: int, warmup: float, samples: int = SAMPLES) -> dict:
-    with LiveStation(ports) as st:
+    with LiveStation(ports, stop_timeout=1.0) as st:
         st.start_sims()
         st.start_daemon()
         st.wait_first_polls()
@@ -73,7 +82,13 @@ def measure(ports: int, warmup: float, samples: int = SAMPLES) -> dict:
                 "sup_file": sup[0].get("Pss_File", 0) if sup else 0,
                 "sims_pss": sum(r["Pss"] for r in sims),
             })
+        pids = st.daemon_pids()
+        drv = sorted((r["Uss"], p) for p, role in pids.items() if role.startswith("drv-") if (r := rollup(p)))
+        detail = {role: by_mapping(p) for p, role in pids.items() if role in ("supervisor", "store")}
+        if drv:
+            detail["driver"] = by_mapping(drv[len(drv) // 2][1])
         out = {k: median(r[k] for r in rows) for k in rows[0] if k != "once"}
+        out["detail"] = detail
         out["once"] = rows[-1]["once"]
         out["pss_spread"] = (min(r["pss"] for r in rows), max(r["pss"] for r in rows))
         out["drv_uss_start"] = drv_uss_start
@@ -116,6 +131,13 @@ def main(argv: list[str] | None = None) -> int:
            "driver USS first poll -> warm"])
 
     last = results[-1]
+    print(f"\nWhere the memory is, {last['ports']} ports (top mappings by PSS; kB)")
+    detail_rows = []
+    for role in ("supervisor", "store", "driver"):
+        maps = last["detail"].get(role, {})
+        for name, m in sorted(maps.items(), key=lambda kv: -kv[1]["Pss"])[:5]:
+            detail_rows.append([role, name, m["Pss"], m["Private_Dirty"], m["Private_Clean"], m["Rss"]])
+    table(detail_rows, ["role", "mapping", "PSS", "Priv dirty", "Priv clean", "RSS"])
     if len(results) >= 2:
         xs = [r["ports"] for r in results]
         base, per = fit_line(xs, [_mb(r["pss"]) for r in results])

@@ -8,6 +8,11 @@ POS does not wait for the collector). Every completed sale is appended to a grou
 file; every command that would change a pump (authorise, preset, price...) is recorded there as a
 violation, because the collector must never send one.
 
+With ``"pos_controlled": true`` in the spec a station POS drives the bus (listen-mode tests): CD1
+RESET and AUTHORIZE (and CD2-CD5) are legitimate then, not violations; RESET returns the pump to
+status 1, AUTHORIZE to status 2, and a customer who lifted a nozzle waits for it (gives up after
+``patience`` seconds).
+
 Control (datagram socket at ``<link>.ctl``): ``silence <address|all> on|off``, ``close`` (no new
 customers), ``open``.
 """
@@ -59,6 +64,7 @@ class SimPump:
         self.target = 0
         self.fill_started = 0.0
         self.fill_duration = 1.0
+        self.lifted_at = 0.0
 
     # ---------------------------------------------------------------- the forecourt
 
@@ -86,7 +92,16 @@ class SimPump:
             self.fill = (0, 0)
             self._state(dart.PumpStatus(self.status), self._dc3())
             self.phase, self.next_event = "lifted", now + bus.rng.uniform(0.1, 0.4) * bus.pace
+            self.lifted_at = now
         elif self.phase == "lifted":
+            if bus.pos_controlled and self.status != dart.AUTHORIZED:  # the POS authorises, or nobody
+                if now - self.lifted_at > bus.patience:
+                    self.nozzle_out = False
+                    self._state(self._dc3())
+                    self.phase, self.next_event = "idle", now + bus.rng.uniform(*bus.gap)
+                else:
+                    self.next_event = now + 0.05
+                return
             self.status = dart.AUTHORIZED
             self._state(dart.PumpStatus(self.status))
             self.phase, self.next_event = "authorized", now + 0.1 * bus.pace
@@ -178,8 +193,22 @@ class SimPump:
                     self.replies.append([dart.PumpStatus(self.status).encode()])
             elif isinstance(m, dart.RequestTotals):
                 self.replies.append([self._totals(m.counter).encode()])
+            elif self.bus.pos_controlled and not isinstance(m, dart.Unknown):
+                self._pos_command(m)
             else:
                 self.bus.record_violation(self.address, f"write command {type(m).__name__}", data)
+
+    def _pos_command(self, m) -> None:
+        """A write command from the station POS (``pos_controlled`` only)."""
+        if isinstance(m, dart.Command) and m.dcc == 0x05:  # RESET
+            if self.phase in ("idle", "lifted") and self.status in (dart.RESET, dart.FILLING_COMPLETED, dart.MAX_REACHED):
+                self.status = dart.RESET
+                self._state(dart.PumpStatus(self.status))
+        elif isinstance(m, dart.Command) and m.dcc == 0x06:  # AUTHORIZE
+            if self.phase == "lifted" and self.status == dart.RESET:
+                self.status = dart.AUTHORIZED
+                self._state(dart.PumpStatus(self.status))
+                self.next_event = min(self.next_event, time.monotonic())
 
     def _totals(self, counter: int) -> dart.TotalCounters:
         if counter == dart.PUMP_TOTAL_COUNTER:
@@ -202,6 +231,8 @@ class DartBus:
         self.volume = tuple(spec.get("volume", (5.0, 60.0)))
         self.pace = spec.get("pace", 1.0)
         self.max_sales = spec.get("max_sales")
+        self.pos_controlled = bool(spec.get("pos_controlled", False))
+        self.patience = spec.get("patience", 20.0)
         self.started = 0
         self.closed = False
         self.truth = open(spec["truth"], "a", buffering=1)

@@ -180,7 +180,8 @@ class SimPump:
             loop.record_violation(self.address, f"data block {type(block).__name__}", raw)
         if isinstance(block, gc.SpecialFunctionBlock):
             lifted = self.grade if self.state in (PumpState.CALL, PumpState.AUTHORIZED, PumpState.BUSY) else 0
-            return gc.SpecialFunctionReply(f"03101000{2}0000{lifted % 10}", "00").encode()
+            # data[8] = 2: totals with two decimals; data[13]: the lifted nozzle (reference §2.6)
+            return gc.SpecialFunctionReply(f"031010002" f"0000{lifted % 10}", "00").encode()
         if loop.pos_controlled:
             if isinstance(block, gc.PriceChangeBlock) and block.grade in self.grades:
                 self.grades[block.grade].price = block.price
