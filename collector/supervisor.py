@@ -60,7 +60,11 @@ def store_child(config) -> int:
     return writer.main(config)
 
 
+UPLINK_NICE = 10  # capture beats upload: a draining backlog must never starve a driver reading a sale
+
+
 def uplink_child(config) -> int:
+    os.nice(UPLINK_NICE)
     from uplink import worker  # paho, cryptography and gmssl load here, in this child only
 
     return worker.main(config)

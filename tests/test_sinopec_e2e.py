@@ -35,7 +35,7 @@ class SinopecStation(Station):
         pos = params.pop("pos", {})
         self.port_cfg, self.line_specs = sinopec_pump.make_port(
             self.workdir, "s01", 1, mode=mode, seed=seed,
-            pos={"poll_interval": 0.05, "totals_every": 1.5, **pos}, **params)
+            pos={"poll_interval": 0.05, "totals_every": 1.5, "info_every": 3.0, **pos}, **params)
         config = {"station": {"device_id": "SIM-SINOPEC-1", "name": "中石化模拟站", "credit_code": station.CREDIT_CODE},
                   "store": {"path": os.path.join(self.workdir, "store.db")},
                   "runtime_dir": os.path.join(self.workdir, "run"), "log_level": "info",
@@ -71,7 +71,7 @@ class SinopecStation(Station):
 
     def all_idle(self):
         state = self.sim_status()
-        return not state["busy"] and all(not d["unsent"] and d["uploading"] is None
+        return state["closed"] and not state["busy"] and all(not d["unsent"] and d["uploading"] is None
                                          for d in state["dispensers"].values())
 
     def settle(self, sales):
@@ -261,7 +261,7 @@ def test_listen_every_sale_stored_once_and_not_one_byte_written(make_station):
     acked = sinopec_pos.status(st.line_specs["pos"])["acked"]
     assert sorted(t for v in acked.values() for t in v) == sorted(s["ttc"] for s in sales)
     assert {"fuelling", "idle"} <= {s["state"] for s in st.records("nozzle_state")}
-    assert [e for e in st.records("event") if e["event"] == "dispenser_info"]
+    assert sorted(e["pump"] for e in st.records("event") if e["event"] == "dispenser_info") == [1, 2]  # once each
     assert st.records("totals")
 
 
@@ -307,6 +307,7 @@ def test_listen_gap_while_collector_down_is_reported(make_station):
              for t in range(a["first_ttc"], a["last_ttc"] + 1)}
     assert named == {(s["address"], s["ttc"]) for s in missed}
     assert all(len(v) == 1 for v in stored.values())
+    assert all(r["flags"] == [] for r in st.records("sale"))  # no false gap made a later sale look wrong
     assert st.stop_daemon() == 0
 
 
@@ -337,3 +338,26 @@ def test_decode_cli_reads_both_directions():
                           "disp", sc.encode_message(record, dispenser=1, pc=0).hex()],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and json.loads(out.stdout)[0]["message"]["volume_total"] == 123456
+
+
+def test_master_poller_sends_only_read_messages():
+    from types import SimpleNamespace
+
+    from collector.config import Decimals, NozzleConfig, PortConfig, PumpConfig, SerialProfile
+    from drivers.sinopec.poller import SinopecPoller
+
+    profile = SerialProfile(9600, 8, "none", 1, False, 0.01, 0.0, 0.25, 5)
+    nozzle = NozzleConfig(1, 1, "92", "92", Decimals())
+    port = PortConfig("s01", "/dev/null", "sinopec", "master", profile, (PumpConfig(1, (nozzle,)),))
+    logged = []
+    ctx = SimpleNamespace(port=port, log=SimpleNamespace(error=lambda *a: logged.append(a)))
+    poller = SinopecPoller(ctx)
+    written = []
+    poller.line = SimpleNamespace(write=written.append, byte_time=0.001, read_available=lambda t: b"")
+    d = poller.dispensers[0]
+    for message in (sc.TransactionAck(5, result=1), sc.RawMessage(0x33, b"\x04\x00\x00", sc.PC), sc.ErrorAck(),
+                    sc.TransactionRecord.decode_payload(bytes(95))):
+        assert poller._exchange(d, message) is None
+    assert written == [] and len(logged) == 4
+    poller._exchange(d, sc.TransactionAck(5))
+    assert len(written) == 1 and sc.decode_message(sc.decode_frame(written[0]), sc.PC) == sc.TransactionAck(5)

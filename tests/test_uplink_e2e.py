@@ -40,8 +40,8 @@ def assert_exactly_once_in_order(st):
 
 
 def test_mqtt_32_ports_2000_sales_broker_down_30s_uplink_killed_twice(make_station):
-    st = make_station(ports=32, sides=(1, 2), nozzles=(1, 3), uplink="mqtt", max_sales=63, gap=(0.3, 0.9),
-                      fill_seconds=(0.2, 0.5), poll_interval=0.1,
+    st = make_station(ports=32, sides=(1, 2), nozzles=(1, 3), uplink="mqtt", max_sales=63, gap=(1.0, 2.0),
+                      fill_seconds=(0.2, 0.5), poll_interval=0.2,
                       uplink_options={"heartbeat_interval": 5, "ack_timeout": 5})
     st.start_sims()
     st.start_daemon()
@@ -52,8 +52,8 @@ def test_mqtt_32_ports_2000_sales_broker_down_30s_uplink_killed_twice(make_stati
     st.broker.start()
     for _ in range(2):  # kill -9 the uplink twice while it drains the backlog
         pid = st.wait_for(st.uplink_pid, 30, "uplink running")
-        st.wait_for(lambda: (st.platform.stats().get("devices", {}).get("SIM-STATION-001", {}).get("messages", {})
-                             .get("backfill", 0)) > 0 or len(st.platform_sales()) > stored_at_kill, 60, "draining")
+        st.wait_for(lambda pid=pid: st.uplink_board().get("pid") == pid and st.uplink_board().get("state") == "ready"
+                    and st.uplink_board().get("acked", 0) > 0, 90, "the uplink draining")
         os.kill(pid, signal.SIGKILL)
         st.wait_for(lambda old=pid: st.uplink_pid() not in (None, old), 30, "uplink restarted")
     st.wait_for(lambda: len(st.truth()[0]) >= 2000, 240, "2000 simulated sales")

@@ -75,6 +75,7 @@ def test_reconciliation_balances_and_a_leak_raises_an_alarm(station):
     def recon(grade):
         return [r for r in st.records("reconciliation") if r["grade"] == grade]
 
+    st.wait_for(lambda: recon("95"), 30, "a first interval of 95")  # deliveries before it belong to no interval
     st.control("atg", "deliver 2 800 2")
     st.wait_for(lambda: len(recon("92")) >= 4 and sum(r["sales"] for r in recon("92")) >= 3, 90,
                 "intervals with sales of 92")

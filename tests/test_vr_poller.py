@@ -6,6 +6,7 @@ garbage into the simulator's command reader and the poller's reply reader."""
 from __future__ import annotations
 
 import json
+import socket
 from datetime import datetime, timedelta
 
 import pytest
@@ -49,6 +50,14 @@ def stat(st, name):
     return st.board("atg").get("stats", {}).get(name, 0)
 
 
+def restart(st):
+    """Stop the daemon and start it again; returns once the new tank driver publishes its status."""
+    old = st.board("atg").get("pid")
+    assert st.stop_daemon() == 0
+    st.start_daemon()
+    st.wait_for(lambda: st.board("atg").get("pid") not in (None, old), 30, "the new tank driver")
+
+
 def test_inventory_readings_snapshots_and_changes(console):
     st = console()
     start = st.wait_for(lambda: (lambda r: r if len(r) == 4 else None)(recs(st, "inventory", reason="start")),
@@ -88,8 +97,7 @@ def test_reported_delivery_is_stored_once_however_often_it_is_read(console):
     assert d["start_volume"] == 13000.0 and d["start"] == truth[0]["console_start"]
     assert d["adjusted_volume"] == pytest.approx(2000.0, abs=0.5) and d["dispensed_during"] == 0.0
     # a restarted driver reads the same history again: still one record (natural key tank + start)
-    assert st.stop_daemon() == 0
-    st.start_daemon()
+    restart(st)
     st.wait_for(lambda: stat(st, "requests") > 20, 30, "the restarted driver polling")
     assert len(recs(st, "delivery")) == 1
     assert [e["event"] for e in st.records("event") if e["event"] == "tank_console_online"] == ["tank_console_online"] * 2
@@ -132,8 +140,7 @@ def test_console_alarms_appear_and_clear_once(console):
     st.wait_for(lambda: st.board("atg").get("tanks", {}).get("3", {}).get("alarms") == ["overfill_alarm"], 10,
                 "the alarm on the status board")
     # a restart does not report the still-active alarms again
-    assert st.stop_daemon() == 0
-    st.start_daemon()
+    restart(st)
     st.wait_for(lambda: stat(st, "requests") > 15, 30, "the restarted driver polling")
     assert len(recs(st, "alarm", alarm="tank_console_alarm")) == 2
     st.control("atg", "alarm 2 4 3 off")
@@ -217,6 +224,25 @@ def test_us_units_are_converted_to_metric(console):
     assert r["console_units"] == "US" and r["volume"] == pytest.approx(3785.41, abs=0.01)
     assert r["temperature"] == pytest.approx(20.0, abs=0.01) and r["water"] == pytest.approx(12.7, abs=0.01)
     assert r["height"] == pytest.approx(1000 / 30000 * 96 * 25.4, abs=0.01)
+
+
+def test_serial_to_tcp_console_and_reconnect(console):
+    with socket.socket() as probe:  # a free port for the console's TCP card
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    st = console(port={"device": f"socket://127.0.0.1:{port}"}, sim={"tcp_port": port})
+    st.wait_for(lambda: len(recs(st, "inventory", reason="start")) == 4, 20, "readings over TCP")
+    st.control("atg", "drop")  # the connection breaks: the driver connects again at once
+    st.control("atg", "deliver 3 900 1")
+    assert st.wait_for(lambda: recs(st, "delivery"), 20, "a delivery over the new connection")[0]["tank"] == 3
+    assert recs(st, "alarm", alarm="tank_console_offline") == []
+    # a console that stops answering is offline; the driver keeps reconnecting until it answers again
+    st.control("atg", "silence on")
+    st.wait_for(lambda: recs(st, "alarm", alarm="tank_console_offline"), 20, "offline")
+    st.control("atg", "silence off")
+    back = st.wait_for(lambda: [e for e in recs(st, "event", event="tank_console_online") if not e["first"]], 30,
+                       "online again")
+    assert back[0]["device"] == f"socket://127.0.0.1:{port}"
 
 
 # ------------------------------------------------------------------ properties, garbage

@@ -33,7 +33,9 @@ class Platform:
         except FileNotFoundError:
             pass
         log = open(os.path.join(self.workdir, "platform.log"), "a")
-        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # niced: on a test machine the platform shares the CPU with the station it listens to
+        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=lambda: os.nice(5))
         log.close()
         deadline = time.monotonic() + timeout
         while True:

@@ -48,6 +48,7 @@ class Capture:
     fill: tuple[int, int] | None = None
     vol_total: int | None = None
     amt_total: int | None = None
+    lifted: bool = False  # a nozzle was lifted since: later DC2/DC3 describe the next customer
 
 
 @dataclass
@@ -250,13 +251,14 @@ class DartListener:
                     side.nozzle = msg.nozzle
                 side.nozzle_out = msg.nozzle_out
                 side.price = msg.price
-                if cap is not None:
+                if cap is not None and msg.nozzle_out:
+                    cap.lifted = True
+                elif cap is not None and not cap.lifted and msg.nozzle in (0, cap.nozzle):
                     cap.price = msg.price
-                    cap.nozzle = msg.nozzle or cap.nozzle
                     cap.touched = time.monotonic()
             elif isinstance(msg, dart.FillingInfo):
                 side.live = block_fill = (msg.volume, msg.amount)
-                if cap is not None:
+                if cap is not None and not cap.lifted:
                     cap.fill = (msg.volume, msg.amount)
                     cap.touched = time.monotonic()
             elif isinstance(msg, dart.TotalCounters):
@@ -317,7 +319,7 @@ class DartListener:
         ctx = self.ctx
         cap = side.capture
         side.capture = None
-        fill = cap.fill or side.live
+        fill = cap.fill or (side.live if not cap.lifted else None)
         if fill is None:
             ctx.log.error("pump %#x completed a fill the POS never read", side.cfg.address)
             return
@@ -334,7 +336,7 @@ class DartListener:
             return
         else:
             self.stats["sales_without_totals"] += 1
-        raw = records.RawSale(volume=fill[0], amount=fill[1], price=cap.price or side.price or 0,
+        raw = records.RawSale(volume=fill[0], amount=fill[1], price=cap.price if cap.price is not None else 0,
                               vol_total=cap.vol_total, amt_total=cap.amt_total if cap.vol_total is not None else None)
         with_start = start is not None and cap.vol_total is not None
         sale, raised = records.sale(ctx.station, self.port, side.cfg, nozzle_cfg, raw,

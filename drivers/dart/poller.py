@@ -17,7 +17,14 @@ from drivers import gbt9081, records
 from drivers.dart import codec as dart
 from drivers.serialport import Line
 
-READ_COMMANDS = (dart.Command, dart.RequestTotals)
+
+def _is_read(msg) -> bool:
+    """The only messages this poller may ever send: reads."""
+    if isinstance(msg, dart.Command):
+        return msg.dcc in dart.READ_ONLY_DCC
+    return isinstance(msg, dart.RequestTotals)
+
+
 MAX_FRAMES_PER_VISIT = 8
 MAX_COMMAND_TRIES = 3
 
@@ -114,7 +121,7 @@ class DartPoller:
     # ---------------------------------------------------------------- one pump visit
 
     def _visit(self, side: PumpSide) -> None:
-        for _ in range(6):  # a capture in progress gets several rounds in one visit
+        for _ in range(10):  # a capture in progress gets several rounds in one visit
             if side.commands:
                 self._send_next_command(side)
             if not self._poll(side):
@@ -168,22 +175,25 @@ class DartPoller:
         return True
 
     def _send_next_command(self, side: PumpSide) -> None:
-        msg = side.commands[0]
-        if not isinstance(msg, READ_COMMANDS) or (isinstance(msg, dart.Command) and msg.dcc not in dart.READ_ONLY_DCC):
+        """Send the first queued command frame: one read message, or a tuple of them in one frame."""
+        entry = side.commands[0]
+        messages = entry if isinstance(entry, tuple) else (entry,)
+        if not all(_is_read(m) for m in messages):
             side.commands.popleft()  # never happens by construction; refuse rather than write to a pump
-            self.ctx.log.error("refused to send a non-read command %r", msg)
+            self.ctx.log.error("refused to send a non-read command %r", entry)
             return
-        frame = dart.data_frame(side.cfg.address, side.tx_out, dart.build([msg]))
+        frame = dart.data_frame(side.cfg.address, side.tx_out, dart.build(list(messages)))
         reply = self._exchange(side, frame)
         if reply is not None and reply.kind == "ack" and reply.tx == side.tx_out:
             side.commands.popleft()
             side.tries = 0
             side.tx_out = (side.tx_out + 1) & 0x0F
             if side.capture:
-                if isinstance(msg, dart.Command) and msg.dcc == dart.DCC_RETURN_FILLING_INFO:
-                    side.capture.info_asked = True
-                elif isinstance(msg, dart.RequestTotals):
-                    side.capture.totals_asked = True
+                for msg in messages:
+                    if isinstance(msg, dart.Command) and msg.dcc == dart.DCC_RETURN_FILLING_INFO:
+                        side.capture.info_asked = True
+                    elif isinstance(msg, dart.RequestTotals):
+                        side.capture.totals_asked = True
             return
         if reply is not None and reply.kind == "nak":
             self.stats["naks"] += 1
@@ -255,8 +265,14 @@ class DartPoller:
             side.live = side.live if status == dart.FILLING else None
 
     def _ask_for_sale(self, side: PumpSide) -> None:
-        # a completed sale jumps the queue: the next customer may lift the nozzle within seconds
-        side.commands.appendleft(dart.Command(dart.DCC_RETURN_FILLING_INFO))
+        # A completed sale jumps the queue (the next customer may lift within seconds), and when the
+        # nozzle is known its totals are asked in the same frame: one exchange instead of three.
+        info = dart.Command(dart.DCC_RETURN_FILLING_INFO)
+        n = side.capture.nozzle if side.capture else 0
+        if n:
+            side.commands.appendleft((info, dart.RequestTotals(n), dart.RequestTotals(n + dart.AMOUNT_COUNTER_OFFSET)))
+        else:
+            side.commands.appendleft(info)
 
     def _on_totals(self, side: PumpSide, msg: dart.TotalCounters) -> None:
         if msg.counter == dart.PUMP_TOTAL_COUNTER:
@@ -276,7 +292,8 @@ class DartPoller:
         cap = side.capture
         if cap is None:
             return
-        if cap.fill is not None and not cap.totals_asked and not any(isinstance(c, dart.RequestTotals) for c in side.commands):
+        if cap.fill is not None and not cap.totals_asked and not any(
+                isinstance(c, (dart.RequestTotals, tuple)) for c in side.commands):
             nozzle = cap.nozzle or 1
             side.commands.appendleft(dart.RequestTotals(nozzle + dart.AMOUNT_COUNTER_OFFSET))
             side.commands.appendleft(dart.RequestTotals(nozzle))

@@ -60,7 +60,7 @@ class ListenPump:
     grade: int | None = None
     price: int | None = None
     live_money: int | None = None
-    eot_pending: bool = False  # An/Bn seen, its transaction not read yet
+    eot_pending: bool = False  # An/Bn seen, its transaction not read yet (kept until the POS reads it)
     eot_consumed: bool = False  # the transaction of the current An/Bn was taken
     pending: Pending | None = None
     totals: dict = field(default_factory=dict)  # grade -> [vol_total, amt_total, ppu1]
@@ -202,9 +202,8 @@ class GilbarcoListener:
         if state in EOT_STATES:
             if not pump.eot_consumed:
                 pump.eot_pending = True
-        else:
+        else:  # a pump shows idle once it sent the transaction: a POS that missed it asks again
             pump.eot_consumed = False
-            pump.eot_pending = False
         if state == PumpState.BUSY:
             if pump.pending is not None:  # the next fill started before the POS read the totals
                 self._finish(pump, None)

@@ -41,7 +41,9 @@ from drivers.sinopec import codec as sc
 
 READ_ONLY_MESSAGES = (sc.GeneralQuery, sc.TransactionAck, sc.TotalsRequest, sc.InfoRequest, sc.ReadRecordRequest)
 NON_FUEL_TYPES = {0x3, 0x4, 0x5, 0x6, 0x8, 0xE}  # grey unlock, clear grey, logon, logoff, price received, auth cancelled
-QUIET_POLLS = 5  # 31H answers without a 32H in between after which nothing is pending (the firmware's EOT is 3)
+# 31H answers in a row, without a 32H or fuelling, after which no record can be pending: the firmware
+# holds an upload back for at most 3 end-of-fill answers (SENDEOT) plus 3 card-inserted answers (SENDCARDIN)
+QUIET_POLLS = 8
 MAX_RECORDS_PER_VISIT = 8
 MAX_GAP_READ = 64  # TTCs read back by 3EH for one gap; older ones are reported unread
 TTC_RESET_BACKSTEP = 1000  # a TTC this far below the last one means the dispenser's counter restarted
@@ -209,7 +211,7 @@ class SinopecBase:
             al = records.alarm("unconfigured_nozzle", **self._where(d), logical_nozzle=rec.nozzle, volume=rec.volume,
                                amount=rec.amount, vol_total=rec.volume_total, **extra)
             al["key"] = f"ttc:{self.port.name}:{d.cfg.address}:{ttc}"
-            self.ctx.capture([al])
+            new = not self.ctx.capture([al])[0][2]
         else:
             start = d.chain.get(rec.nozzle) if in_order else None
             raw = records.RawSale(volume=rec.volume, amount=rec.amount, price=rec.price, vol_total=rec.volume_total,
@@ -266,6 +268,9 @@ class SinopecBase:
             d.totals[t.nozzle] = t.volume_total
             if t.nozzle in d.by_number:
                 d.readings[t.nozzle] = t.volume_total
+        # A fill can start and end between two polls, its record still held back: quiet before the
+        # reading proves nothing. The reading settles after QUIET_POLLS quiet answers from now on.
+        d.quiet = 0
         now = time.monotonic()
         if now >= d.next_snapshot:
             reason = "periodic" if d.snapshots else "startup"
@@ -278,14 +283,14 @@ class SinopecBase:
             d.snapshots += 1
             d.next_snapshot = now + self.ctx.config.totals_snapshot_interval
             self.ctx.capture(out)
-        self._settle_readings(d)
 
     def _quiet(self, d: Dispenser) -> bool:
         """Nothing can be pending: no fill, and enough 31H answers since the last 32H."""
         return d.online and d.phase in ("idle", "card") and d.quiet >= QUIET_POLLS
 
     def _settle_readings(self, d: Dispenser) -> None:
-        """Totals read earlier, compared with the chain now that every earlier record is in: an
+        """Totals read earlier, compared with the chain once every record that could have been
+        pending at the reading has been recorded (QUIET_POLLS quiet answers since the reading): an
         advance beyond the chain is fuel sold unseen (a gap record); a nozzle without a chain starts
         one here, kept durable by a trusted totals record for the next restart."""
         if not d.readings or not self._quiet(d):
@@ -388,8 +393,7 @@ class SinopecBase:
             previous = d.states.get(n.id)
             if state is not None and state != previous:
                 d.states[n.id] = state
-                detail = {"card": d.phase == "card"} if state == records.IDLE else None
-                out.append(records.nozzle_state(n.id, state, self.port.name, d.cfg.address, previous, detail))
+                out.append(records.nozzle_state(n.id, state, self.port.name, d.cfg.address, previous))
         if out:
             self.ctx.capture(out)
 

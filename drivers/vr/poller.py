@@ -73,7 +73,6 @@ class VRPoller:
         self.last_delivery: dict[int, dict] = {}
         # alarms, leak tests, clock
         self.active_alarms: set[tuple[int, int, int]] = set()
-        self.alarms_read = False
         self.leak_keys: set[str] = set()
         self.clock: dict = {}
         self.clock_alarm = False
@@ -219,7 +218,10 @@ class VRPoller:
             deadline = max(deadline, time.monotonic() + INTER_CHAR_TIMEOUT + 32 * self.line.byte_time)
         self.stats["timeouts"] += 1
         if partial:
-            self.line.write(vr.ESC)  # abort whatever the console is still sending
+            try:
+                self.line.write(vr.ESC)  # abort whatever the console is still sending
+            except OSError:
+                pass
             self.stats["bad_frames"] += 1
             self._heard()
             return None
@@ -562,7 +564,6 @@ class VRPoller:
             out.append(tr.console_alarm(self.port.name, cat, typ, dev, "cleared", resp.console_time,
                                         self.tanks.get(dev) if cat == 2 else None))
         self.active_alarms = current
-        self.alarms_read = True
         if out:
             self.stats["alarms"] += sum(r["body"]["state"] == "active" for r in out)
             self.ctx.capture(out)

@@ -3,7 +3,7 @@
 (a) ``RingStore.put_batch`` directly, one sale per commit, 2000 commits (``--quick`` 300): p50/p99.
 (b) Through the store writer process (``store.writer.StoreWriter``, the daemon's only SQLite writer)
     and ``StoreClient.put`` round trips, with 1, 8 and 32 concurrent client processes, each putting one
-    sale per request in a loop for 6 s (``--quick`` 2 s): p50/p99 round trip, commits/s (the writer's own
+    sale per request in a loop for 5 s (``--quick`` 2 s): p50/p99 round trip, commits/s (the writer's own
     counter) and records/s. records/commit > 1 is group commit at work.
 
 Sales are real ``drivers.records.sale`` records (about 0.6 KB of JSON), one nozzle stream per client,
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         return role_client(args.sock, args.nozzle, args.go, args.seconds, args.out)
 
     commits = 300 if args.quick else 2000
-    seconds = 2.0 if args.quick else 6.0
+    seconds = 2.0 if args.quick else 5.0
     header("bench_commit: durable commit latency of the store (WAL, synchronous=FULL)")
     tmp = tempfile.mkdtemp(prefix="collector-bench-commit-")
     same = os.stat(tmp).st_dev == os.stat("/work").st_dev if os.path.exists("/work") else None

@@ -8,7 +8,8 @@ controller does (reference §2.8), stripping the loop's echo of its own bytes be
 * ``7n`` CALL: authorises with ``1n`` (optionally after a price change ``2n`` + ``Dn`` + block,
   every ``price_every`` authorisations);
 * ``9n`` BUSY: reads the money on the display with ``6n``;
-* ``An``/``Bn`` end of transaction: reads the transaction (``4n``) and then, with ``read_totals``,
+* ``An``/``Bn`` end of transaction: reads the transaction (``4n``; asked again on the next visits
+  if the read failed, since the pump shows idle once it sent it) and then, with ``read_totals``,
   the totals (``5n``).
 
 Spec (JSON)::
@@ -46,7 +47,7 @@ class GilbarcoPos:
         self.pumps = list(spec["pumps"])
         self.digits = spec.get("digits", 6)
         self.poll_interval = spec.get("poll_interval", 0.05)
-        self.response_timeout = spec.get("response_timeout", 0.3)
+        self.response_timeout = spec.get("response_timeout", 0.5)
         self.gap = spec.get("gap", 0.01)
         self.echo = spec.get("echo", True)
         self.read_totals = spec.get("read_totals", True)
@@ -56,6 +57,7 @@ class GilbarcoPos:
         self.ctl_path = spec["link"] + ".ctl"
         self.state: dict[int, PumpState | None] = {p: None for p in self.pumps}
         self.handled_eot: dict[int, bool] = {p: False for p in self.pumps}
+        self.unread: dict[int, int] = {p: 0 for p in self.pumps}  # failed transaction reads to retry
         self.sales: list[dict] = []
         self.stats = {"polls": 0, "timeouts": 0, "collisions": 0, "authorised": 0, "transactions": 0,
                       "totals_reads": 0, "price_changes": 0}
@@ -120,7 +122,9 @@ class GilbarcoPos:
         self.state[pump] = state
         if state not in (PumpState.PEOT, PumpState.FEOT):
             self.handled_eot[pump] = False
-        if state == PumpState.CALL:
+        if self.unread[pump]:  # the last read failed and the pump may already show idle: ask again
+            self._read_sale(pump)
+        elif state == PumpState.CALL:
             if self.price_every and self.stats["authorised"] % self.price_every == self.price_every - 1:
                 self._price_change(pump)
             self.command(CommandCode.AUTHORIZE, pump)
@@ -128,27 +132,33 @@ class GilbarcoPos:
         elif state == PumpState.BUSY:
             self.command(CommandCode.REALTIME_MONEY, pump)
         elif state in (PumpState.PEOT, PumpState.FEOT) and not self.handled_eot[pump]:
-            raw = self.command(CommandCode.TRANSACTION, pump)
-            if raw is None:
-                return
-            try:
-                txn = gc.TransactionReply.decode(raw)
-            except gc.GilbarcoCodecError:
-                return
-            self.stats["transactions"] += 1
             self.handled_eot[pump] = True
-            sale = {"pump": pump, "grade": txn.grade, "volume": txn.volume, "money": txn.money, "ppu": txn.ppu}
-            if self.read_totals:
+            self._read_sale(pump)
+
+    def _read_sale(self, pump: int) -> None:
+        raw = self.command(CommandCode.TRANSACTION, pump)
+        try:
+            txn = gc.TransactionReply.decode(raw) if raw is not None else None
+        except gc.GilbarcoCodecError:
+            txn = None
+        if txn is None:
+            self.unread[pump] = self.unread[pump] + 1 if self.unread[pump] < 5 else 0
+            return
+        self.unread[pump] = 0
+        self.stats["transactions"] += 1
+        sale = {"pump": pump, "grade": txn.grade, "volume": txn.volume, "money": txn.money, "ppu": txn.ppu}
+        if self.read_totals:
+            for _ in range(2):
                 raw = self.command(CommandCode.TOTALS, pump)
-                if raw is not None:
-                    try:
-                        totals = gc.TotalsReply.decode(raw)
-                    except gc.GilbarcoCodecError:
-                        totals = None
-                    if totals is not None:
-                        self.stats["totals_reads"] += 1
-                        sale["vol_total"] = next((g.volume for g in totals.grades if g.grade == txn.grade), None)
-            self.sales.append(sale)
+                try:
+                    totals = gc.TotalsReply.decode(raw) if raw is not None else None
+                except gc.GilbarcoCodecError:
+                    totals = None
+                if totals is not None:
+                    self.stats["totals_reads"] += 1
+                    sale["vol_total"] = next((g.volume for g in totals.grades if g.grade == txn.grade), None)
+                    break
+        self.sales.append(sale)
 
     def _price_change(self, pump: int) -> None:
         """Re-send the current level-1 price of grade 1 (a no-op change, but the full 2n/Dn/block dance)."""

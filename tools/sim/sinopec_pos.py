@@ -3,8 +3,8 @@
 It is what a listen-mode collector overhears. On its own pseudo-terminal (a bus tap connects it to
 the dispenser simulator) it does what the station's card system does (reference §5.3):
 
-* reads 3AH information once per dispenser and then polls 30H with the current time and the
-  dispenser's own list versions (so the dispenser never asks for a download);
+* reads 3AH information once per dispenser (again every ``info_every`` seconds if set) and polls
+  30H with the current time and the dispenser's own list versions (so it never asks for a download);
 * takes every 32H transaction, "stores" it, and acknowledges it after ``ack_delay`` seconds
   (``ack_form``: ``"long"`` = result + TTC, ``"short"`` = the 1-byte result only, as a PC that
   follows the firmware literally sends);
@@ -14,7 +14,7 @@ Spec (JSON)::
 
     {"name": "p01", "link": "/tmp/x/tty-p01-pos", "pc_address": 0, "dispensers": [1, 2],
      "poll_interval": 0.1, "response_timeout": 0.5, "ack_delay": [0.05, 0.3], "ack_form": "long",
-     "totals_every": 5.0, "seed": 1, "status": null}
+     "totals_every": 5.0, "info_every": null, "seed": 1, "status": null}
 
 Its counters (polls, timeouts, acknowledged TTCs per dispenser) go to ``<link>.status.json``.
 Control (datagram socket at ``<link>.ctl``): ``pause on|off`` (the PC stops and resumes polling).
@@ -49,6 +49,8 @@ class PosMaster:
         self.ack_delay = tuple(spec.get("ack_delay", (0.05, 0.3)))
         self.ack_form = spec.get("ack_form", "long")
         self.totals_every = spec.get("totals_every", 5.0)
+        self.info_every = spec.get("info_every")  # None: 3AH once per dispenser, at start
+        self.next_info = {a: 0.0 for a in self.addresses}
         self.rng = random.Random(spec.get("seed", 1))
         self.status_path = spec.get("status") or spec["link"] + ".status.json"
         self.pty = SimPty(spec["link"])
@@ -94,10 +96,11 @@ class PosMaster:
     # ---------------------------------------------------------------- the PC's loop
 
     def visit(self, address: int) -> None:
-        if address not in self.versions:
+        if address not in self.versions or (self.info_every and time.monotonic() >= self.next_info[address]):
             reply = self.exchange(address, sc.InfoRequest())
             if isinstance(reply, sc.InfoReply):
                 self.versions[address] = reply.versions
+                self.next_info[address] = time.monotonic() + (self.info_every or 0)
         for _ in range(8):
             self.stats["polls"] += 1
             now = dt.datetime.now()

@@ -129,6 +129,7 @@ class SimDispenser:
         line = self.line
         if now < self.next_event:
             return
+        line._dirty = True
         if self.phase == "idle":
             if not line.open_for_business():
                 self.next_event = now + 0.5
@@ -446,6 +447,7 @@ class SinopecLine:
                             self.on_bytes(data)
                     else:
                         self.on_control(ctl.recv(256).decode(errors="replace"))
+                        self.publish(force=True)  # a test acting on a command sees its effect at once
                 self.publish()
         finally:
             self.publish(force=True)

@@ -13,10 +13,14 @@ ends (its start and end volumes are the levels then, sales meanwhile included, a
 records them) unless reporting is off, so derived deliveries can be exercised. Every delivery is
 appended to the console's own ground-truth JSON-lines file.
 
+With ``tcp_port`` in the spec it listens on 127.0.0.1:PORT like a console's serial-to-TCP card
+instead of opening a pty (``<link>`` then only names the control socket).
+
 Control (datagram socket at ``<link>.ctl``), also usable as scripted ``events`` in the spec:
 ``deliver TANK LITRES SECONDS [report|noreport]``, ``leak TANK LITRES_PER_HOUR``,
 ``alarm CAT TYPE DEVICE on|off``, ``leaktest TANK pass|fail [SECONDS]``, ``silence on|off``,
-``report_deliveries on|off``, ``security CODE|off``, ``clock_offset SECONDS``, ``unsupported CODE on|off``.
+``report_deliveries on|off``, ``security CODE|off``, ``clock_offset SECONDS``, ``unsupported CODE on|off``,
+``drop`` (TCP: break the connection).
 """
 
 from __future__ import annotations
@@ -95,6 +99,56 @@ class SimTank:
         return out
 
 
+class TcpLine:
+    """The console's serial-to-TCP card (TLS-350 TCP/IP option, usually port 10001): one client at a
+    time, a new connection replaces the old one."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind((host, port))
+        self.listener.listen(1)
+        self.listener.setblocking(False)
+        self.conn: socket.socket | None = None
+
+    def accept(self, sel: selectors.BaseSelector) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except BlockingIOError:
+            return
+        self.drop(sel)
+        conn.setblocking(True)
+        self.conn = conn
+        sel.register(conn, selectors.EVENT_READ, "line")
+
+    def read(self, sel: selectors.BaseSelector) -> bytes:
+        try:
+            data = self.conn.recv(4096) if self.conn else b""
+        except OSError:
+            data = b""
+        if not data:
+            self.drop(sel)
+        return data
+
+    def write(self, data: bytes) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.sendall(data)
+            except OSError:
+                pass
+
+    def drop(self, sel: selectors.BaseSelector | None) -> None:
+        if self.conn is not None:
+            if sel is not None:
+                sel.unregister(self.conn)
+            self.conn.close()
+            self.conn = None
+
+    def close(self) -> None:
+        self.drop(None)
+        self.listener.close()
+
+
 class Console:
     def __init__(self, spec: dict, pty=None) -> None:
         self.name = spec.get("name", "atg")
@@ -119,8 +173,11 @@ class Console:
         self.buf = bytearray()
         self.sold = 0.0
         self.requests = 0
-        self.pty = pty or SimPty(spec["link"])  # anything with write(bytes) for tests of the reader
+        if pty is None:
+            pty = TcpLine(int(spec["tcp_port"])) if spec.get("tcp_port") else SimPty(spec["link"])
+        self.pty = pty  # anything with write(bytes): the pty, a TCP line, or a test's collector
         self.ctl_path = spec.get("link", "") + ".ctl"
+        self.sel: selectors.BaseSelector | None = None
 
     # ---------------------------------------------------------------- time and levels
 
@@ -348,6 +405,8 @@ class Console:
                 self.security = None if w[1] == "off" else w[1]
             elif w[:1] == ["clock_offset"]:
                 self.clock_offset = float(w[1])
+            elif w == ["drop"] and isinstance(self.pty, TcpLine):  # the TCP connection breaks
+                self.pty.drop(self.sel)
             elif w[:1] == ["unsupported"]:
                 (self.unsupported.add if w[2] == "on" else self.unsupported.discard)(w[1].upper())
             # "close" / "open" (sent to every simulator by the station tools) mean nothing here
@@ -363,7 +422,9 @@ class Console:
 
     def run(self) -> None:
         sel = selectors.DefaultSelector()
-        sel.register(self.pty.master, selectors.EVENT_READ, "line")
+        self.sel = sel
+        tcp = isinstance(self.pty, TcpLine)
+        sel.register(self.pty.listener if tcp else self.pty.master, selectors.EVENT_READ, "accept" if tcp else "line")
         ctl = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             os.unlink(self.ctl_path)
@@ -378,8 +439,10 @@ class Console:
             while running[0]:
                 self.step()
                 for key, _ in sel.select(timeout=self.next_event()):
-                    if key.data == "line":
-                        data = self.pty.read()
+                    if key.data == "accept":
+                        self.pty.accept(sel)
+                    elif key.data == "line":
+                        data = self.pty.read(sel) if tcp else self.pty.read()
                         if data:
                             self.on_bytes(data)
                     else:
