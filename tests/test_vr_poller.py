@@ -343,6 +343,22 @@ def test_poller_reply_reader_survives_garbage_and_wrong_echo():
         assert (type(resp) if resp is not None else None) is expected, (chunks, resp)
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=60), st.binary(max_size=60), st.integers(1, 40), st.booleans())
+def test_poller_reply_reader_garbage_around_a_reply(before, after, cut, with_reply):
+    """Noise before and after, the reply cut anywhere: the reader never raises, and finds the reply
+    unless the noise itself holds a frame start that swallows it."""
+    from drivers.vr.poller import VRPoller
+
+    good = vr.encode_response(vr.ClockReport("i50100", datetime(2025, 1, 1, 12, 0), datetime(2025, 1, 1, 12, 0)))
+    stream = before + (good if with_reply else b"") + after
+    chunks = [stream[i:i + cut] for i in range(0, len(stream), cut)]
+    resp = _bare_poller(VRPoller, chunks)._ask("i501")
+    if with_reply and vr.SOH not in before + after and vr.ESC not in before:
+        assert isinstance(resp, vr.ClockReport)
+    assert resp is None or isinstance(resp, (vr.ClockReport, vr.ErrorResponse))
+
+
 def _bare_poller(VRPoller, chunks):
     """A poller around a scripted fake line, without a daemon (only what ``_ask`` uses)."""
     from types import SimpleNamespace

@@ -84,6 +84,41 @@ def _tank_summary(cfg, conn, workdir: str) -> bool:
     return by_tank == sorted(d["tank"] for d in stored)
 
 
+def _start_platform(workdir: str, choice: str):
+    """The reference platform (and a Mosquitto broker for MQTT). auto: MQTT when mosquitto is installed."""
+    if choice == "none":
+        return None, None, "none"
+    from tools.broker import MosquittoBroker, mosquitto_path
+    from tools.platform_run import Platform
+
+    transport = choice if choice != "auto" else ("mqtt" if mosquitto_path() else "http")
+    broker = MosquittoBroker(os.path.join(workdir, "broker")).start() if transport == "mqtt" else None
+    platform = Platform(os.path.join(workdir, "platform"), http=transport == "http",
+                        mqtt_port=broker.port if broker else None).start()
+    platform.register(station.DEVICE_ID, os.path.join(workdir, "device.key"))
+    return broker, platform, transport
+
+
+def _platform_sales(platform) -> int:
+    return platform.stats().get("devices", {}).get(station.DEVICE_ID, {}).get("records_by_kind", {}).get("sale") \
+        or sum(1 for r in platform.received() if r.get("kind") == "sale")
+
+
+def _uplink_summary(cfg, conn, platform, sold: int) -> bool:
+    """Ground truth -> store -> platform."""
+    delivered = conn.execute("SELECT count(*) FROM records WHERE kind='sale' AND upload=2").fetchone()[0]
+    received = [r for r in platform.received() if r.get("kind") == "sale"]
+    unique = {(r["stream"], r["seq"]) for r in received}
+    dev = platform.stats().get("devices", {}).get(station.DEVICE_ID, {})
+    lost = sold - len(unique)
+    print(f"  delivered (acknowledged)        {delivered}")
+    print(f"  received by the platform        {len(unique)} unique")
+    print(f"  duplicates received             {dev.get('duplicates', 0)} (harmless: de-duplicated by identity)")
+    print(f"  lost on the way                 {lost}")
+    print(f"  platform rejects                {dev.get('rejects', {}) or 0}")
+    return lost == 0 and len(received) == len(unique)
+
+
 def main(args) -> int:
     workdir = args.workdir or tempfile.mkdtemp(prefix="collector-demo-")
     keep = bool(args.workdir)
@@ -93,15 +128,22 @@ def main(args) -> int:
                 os.unlink(os.path.join(workdir, name))
             except FileNotFoundError:
                 pass
+    broker, platform, transport = _start_platform(workdir, getattr(args, "uplink", "none"))
+    extra = {}
+    if platform is not None:
+        from tools.platform_run import uplink_config
+
+        extra["extra"] = {"uplink": uplink_config(workdir, transport, platform, broker.port if broker else None)}
     cfg_path, specs = station.make_station(workdir, ports=args.ports, seed=args.seed,
                                            gap=(2.0 * args.pace, 8.0 * args.pace),
                                            fill_seconds=(3.0 * args.pace, 10.0 * args.pace),
-                                           **(_tank_options(args.duration) if getattr(args, "tanks", False) else {}))
+                                           **(_tank_options(args.duration) if getattr(args, "tanks", False) else {}),
+                                           **extra)
     from collector.config import load
 
     cfg = load(cfg_path)
     print(f"demo: {len(cfg.ports)} ports, {sum(len(p.pumps) for p in cfg.ports)} pump sides, "
-          f"{len(cfg.nozzles())} nozzles; files in {workdir}")
+          f"{len(cfg.nozzles())} nozzles; uplink {transport}; files in {workdir}")
     log = open(os.path.join(workdir, "daemon.log"), "w")
     sims = station.start_simulators(specs)
     daemon = subprocess.Popen([sys.executable, "-m", "collector.cli", "run", "--config", cfg_path],
@@ -115,7 +157,10 @@ def main(args) -> int:
                 break
             time.sleep(1.0)
             if not args.quiet:
-                print(_live(cfg, started, specs[0]["truth"]), flush=True)
+                line = _live(cfg, started, specs[0]["truth"])
+                if platform is not None:
+                    line = f"{line[:64]} | platform {_platform_sales(platform):5d}"
+                print(line, flush=True)
     except KeyboardInterrupt:
         interrupted = True
         print("\ndemo: interrupted; closing the forecourt")
@@ -134,6 +179,10 @@ def main(args) -> int:
             continue
         if result["missing"] == 0 and time.monotonic() - started > args.duration + 11:
             break  # every fill that could still be running (<= 10 s) has ended and been captured
+    if platform is not None:  # let the uplink deliver what the store holds
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and _platform_sales(platform) < (result or {}).get("stored", 0):
+            time.sleep(0.5)
     daemon.send_signal(signal.SIGTERM)
     try:
         daemon.wait(timeout=30)
@@ -157,11 +206,17 @@ def main(args) -> int:
     print(f"  write commands sent to pumps    {len(violations)}")
     print(f"  store integrity                 {integrity}")
     tanks_ok = _tank_summary(cfg, conn, workdir) if getattr(args, "tanks", False) else True
+    uplink_ok = True
+    if platform is not None:
+        uplink_ok = _uplink_summary(cfg, conn, platform, result["sold"])
+        platform.stop()
+    if broker is not None:
+        broker.stop()
     print(f"  daemon exit code                {daemon.returncode}")
     if result["missing_list"]:
         print("  first missing:", json.dumps(result["missing_list"][:3]))
     ok = (result["missing"] == 0 and result["duplicated"] == 0 and not violations and integrity == "ok"
-          and result["sold"] > 0 and tanks_ok)
+          and result["sold"] > 0 and tanks_ok and uplink_ok)
     if not keep and ok:
         shutil.rmtree(workdir, ignore_errors=True)
     elif not keep:

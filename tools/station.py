@@ -14,6 +14,7 @@ import yaml
 
 GRADES = [("92", "92号汽油", 785), ("95", "95号汽油", 838), ("98", "98号汽油", 918), ("0", "0号柴油", 752)]
 CREDIT_CODE = "91440300MA5F123452"
+DEVICE_ID = "SIM-STATION-001"
 
 
 def make_station(workdir: str, ports: int = 32, seed: int = 7, *, sides=(1, 2), nozzles=(1, 4),
@@ -58,7 +59,7 @@ def make_station(workdir: str, ports: int = 32, seed: int = 7, *, sides=(1, 2), 
         port_cfgs.append(port_cfg)
         specs.append(spec)
     config = {
-        "station": {"device_id": "SIM-STATION-001", "name": "模拟加油站 Simulated Station", "credit_code": CREDIT_CODE},
+        "station": {"device_id": DEVICE_ID, "name": "模拟加油站 Simulated Station", "credit_code": CREDIT_CODE},
         "store": {"path": os.path.join(workdir, "store.db"), "sales_per_nozzle": sales_per_nozzle},
         "runtime_dir": os.path.join(workdir, "run"),
         "log_level": "info",

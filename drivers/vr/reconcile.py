@@ -21,6 +21,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from drivers.records import FUELLING
+
 # ------------------------------------------------------------------ level rises
 
 
@@ -254,9 +256,9 @@ class SalesFeed:
                 states = [json.loads(b).get("state") if k == "nozzle_state" else "sale" for _, k, b in rows]
                 if rows:
                     last = max(last, rows[0][0])
-                if states[:1] == ["fuelling"]:
+                if states[:1] == [FUELLING]:
                     fuelling = True
-                elif len(states) == 2 and states[0] != "sale" and states[1] == "fuelling" and now - rows[0][0] < capture_window:
+                elif len(states) == 2 and states[0] != "sale" and states[1] == FUELLING and now - rows[0][0] < capture_window:
                     capturing = True  # the fill ended; its sale is on its way to the store
         except (sqlite3.Error, ValueError) as exc:
             self.error = str(exc)
