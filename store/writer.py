@@ -69,13 +69,20 @@ class StoreWriter:
         os.replace(self.socket_path + ".tmp", self.socket_path)  # clients never see a half-ready socket
         listener.setblocking(False)
         self.sel.register(listener, selectors.EVENT_READ, None)
+        wake_r, wake_w = os.pipe()  # SIGTERM wakes select at once instead of at its timeout
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w)
+        self.sel.register(wake_r, selectors.EVENT_READ, "wake")
         signal.signal(signal.SIGTERM, self._stop)
         log.info("store ready at %s", self.store.path)
         while not self.stopping:
             ready = self.sel.select(timeout=5.0)
             batch: list[tuple[socket.socket, dict]] = []
             for key, _ in ready:
-                if key.data is None:
+                if key.data == "wake":
+                    os.read(wake_r, 512)
+                elif key.data is None:
                     self._accept(key.fileobj)
                 else:
                     self._drain(key.fileobj, batch)

@@ -66,6 +66,11 @@ class Forecourt(Station):
                     raise RuntimeError(f"simulator {module} did not start")
                 time.sleep(0.02)
 
+    def open_forecourt(self):
+        """Let customers in (simulators started with ``"closed": true``), once the collector polls."""
+        for spec in self.specs:
+            station_control(spec["link"], "open")
+
     def close_forecourt(self):
         for spec in self.specs:
             station_control(spec["link"], "close")

@@ -28,6 +28,9 @@ def _kill_sell_restart(st) -> None:
     nozzles = [n.id for _, _, n in st.cfg.nozzles()]
     st.start_sims()
     st.start_daemon()
+    if isinstance(st, Forecourt):  # its customers wait until the collector polls
+        st.wait_for(lambda: st.board(st.cfg.ports[0].name).get("stats", {}).get("cycles", 0) > 2, 20, "polling")
+        st.open_forecourt()
     st.wait_for(lambda: all(_stored_totals(st).get(n) for n in nozzles), 40, "a stored sale on every nozzle")
     st.kill_daemon()  # supervisor, store writer and drivers at once: nobody polls
     down = {n: len(s) for n, s in truth_by_nozzle(st).items()}
@@ -93,7 +96,7 @@ def test_dart_master_gap_after_collector_down(made, tmp_path):
 
 
 def test_gilbarco_master_gap_after_collector_down(made, tmp_path):
-    port, sim = gilbarco_loop(tmp_path, "g01", pumps=2, grades=(1, 1), seed=29)
+    port, sim = gilbarco_loop(tmp_path, "g01", pumps=2, grades=(1, 1), seed=29, closed=True)
     st = Forecourt(tmp_path, [{"port": port, "sims": [("tools.sim.gilbarco_pump", sim)]}])
     made.append(st)
     _kill_sell_restart(st)

@@ -33,6 +33,21 @@ def make_forecourt(tmp_path):
         f.close()
 
 
+def _all_captured(fc: Forecourt) -> dict:
+    try:
+        return fc.wait_all_captured()
+    except AssertionError as exc:  # say what is missing and what the drivers saw
+        boards = {p.name: fc.board(p.name).get("stats") for p in fc.cfg.ports}
+        raise AssertionError(f"{exc}: {fc.compare()} {boards}") from None
+
+
+def _wait_polling(fc: Forecourt) -> None:
+    """Customers come in once the collector has every pump online (nothing sold before it polls)."""
+    fc.wait_for(lambda: all(all(p.get("online") for p in fc.board(port.name).get("pumps", {}).values())
+                            and fc.board(port.name).get("pumps") for port in fc.cfg.ports), 20, "every pump online")
+    fc.open_forecourt()
+
+
 def _check_values(fc: Forecourt) -> None:
     """Every stored sale carries the pump's own numbers (2 decimals everywhere)."""
     truth = {(n, s["vol_total"]): s for n, sales in truth_by_nozzle(fc).items() for s in sales}
@@ -46,17 +61,19 @@ def _check_values(fc: Forecourt) -> None:
 
 def test_master_two_loops_every_sale_once_echo_stripped(make_forecourt, tmp_path):
     # loop 1: 6-digit pumps 1, 2 and 16 (16 is nibble 0 on the wire); loop 2: 8-digit pumps
-    port1, sim1 = gilbarco_loop(tmp_path, "g01", pumps=[1, 2, 16], grades=(1, 3), seed=11, max_sales=10)
+    port1, sim1 = gilbarco_loop(tmp_path, "g01", pumps=[1, 2, 16], grades=(1, 3), seed=11, max_sales=10,
+                                closed=True)
     port2, sim2 = gilbarco_loop(tmp_path, "g02", pumps=2, grades=(2, 2), seed=12, first_id=20, max_sales=8,
-                                digits=8, options={"digits": 8})
+                                digits=8, options={"digits": 8}, closed=True)
     fc = make_forecourt([{"port": port1, "sims": [("tools.sim.gilbarco_pump", sim1)]},
                          {"port": port2, "sims": [("tools.sim.gilbarco_pump", sim2)]}])
     assert fc.cfg.ports[0].serial.baud == 5787 and fc.cfg.ports[0].serial.parity == "even"
     assert fc.cfg.ports[0].serial.echo_suppression
     fc.start_sims()
     fc.start_daemon()
+    _wait_polling(fc)
     fc.wait_for(lambda: len(fc.truth()[0]) >= 18, 45, "18 simulated sales")
-    result = fc.wait_all_captured()
+    result = _all_captured(fc)
     assert (result["sold"], result["stored"], result["missing"], result["duplicated"], result["chain_breaks"]) \
         == (18, 18, 0, 0, 0)
     assert fc.truth()[1] == []  # not one 1n, 2n or 3n reached a pump
@@ -75,15 +92,15 @@ def test_master_two_loops_every_sale_once_echo_stripped(make_forecourt, tmp_path
 
 
 def test_master_collisions_are_counted_and_retried(make_forecourt, tmp_path):
-    port, sim = gilbarco_loop(tmp_path, "g01", pumps=2, grades=(1, 2), seed=21, max_sales=8)
+    port, sim = gilbarco_loop(tmp_path, "g01", pumps=2, grades=(1, 2), seed=21, max_sales=8, closed=True)
     fc = make_forecourt([{"port": port, "sims": [("tools.sim.gilbarco_pump", sim)]}])
     fc.start_sims()
     fc.start_daemon()
-    fc.wait_for(lambda: fc.board("g01").get("stats", {}).get("polls", 0) > 20, 20, "polling")
+    _wait_polling(fc)
     while len(fc.truth()[0]) < 8:  # another transmitter keeps garbling the loop while customers buy
         fc.control("g01", "collide 2")
         time.sleep(0.3)
-    result = fc.wait_all_captured()
+    result = _all_captured(fc)
     assert (result["stored"], result["missing"], result["duplicated"], result["chain_breaks"]) == (8, 0, 0, 0)
     stats = fc.board("g01")["stats"]
     assert stats["collisions"] >= 5

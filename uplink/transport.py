@@ -9,7 +9,6 @@ wake-up (or on timer), ``send(envelope)``, ``start()``/``stop()``, and a deque o
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import queue
@@ -144,6 +143,12 @@ class MqttTransport:
         self.client.disconnect()
 
 
+def _http_exception():
+    import http.client
+
+    return http.client.HTTPException
+
+
 class HttpTransport:
     """POST each envelope; the answer (or the error JSON) comes back as an event. Two worker threads,
     so a live batch is never stuck behind more than one backfill request."""
@@ -175,6 +180,8 @@ class HttpTransport:
             pass
 
     def _connection(self):
+        import http.client
+
         cls = http.client.HTTPSConnection if self.url.scheme == "https" else http.client.HTTPConnection
         return cls(self.url.hostname, self.url.port, timeout=self.timeout)
 
@@ -202,7 +209,7 @@ class HttpTransport:
                 notice["http_status"] = resp.status
                 notice["tag"] = tag
                 self._post_event(("notice", notice) if resp.status in (400, 401, 409) else ("failed", tag, f"HTTP {resp.status}"))
-            except (OSError, http.client.HTTPException) as exc:
+            except (OSError, _http_exception()) as exc:
                 if conn is not None:
                     conn.close()
                 conn = None

@@ -40,7 +40,7 @@ from drivers.serialport import Line
 
 EOT_STATES = (PumpState.PEOT, PumpState.FEOT)
 IDLE_STATES = (PumpState.OFF, PumpState.CALL)  # totals cannot move under these
-MAX_CAPTURE_TRIES = 6
+MAX_CAPTURE_TRIES = 20  # visits without an answer (collisions excluded) before a sale is given up
 COLLISION = object()
 
 STATUS_NAMES = {
@@ -290,7 +290,7 @@ class GilbarcoPoller:
 
     def _advance_capture(self, pump: Pump) -> None:
         cap = pump.capture
-        cap.tries += 1
+        collisions = self.stats["collisions"]
         if cap.txn is None:
             reply = self._exchange(pump, CommandCode.TRANSACTION)
             if isinstance(reply, bytes):
@@ -310,6 +310,7 @@ class GilbarcoPoller:
         if cap.txn is not None and cap.totals is None:
             cap.totals = self._read_totals(pump)
         if cap.txn is None or cap.totals is None:
+            cap.tries += self.stats["collisions"] == collisions  # a garbled loop is no reason to give up
             if cap.tries >= MAX_CAPTURE_TRIES:
                 self.ctx.log.error("pump %d: could not read its last sale; the totals chain will show it",
                                    pump.cfg.address)

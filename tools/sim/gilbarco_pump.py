@@ -18,7 +18,7 @@ loop: those commands are legitimate and acted on, and a customer waits for ``1n`
 
 Spec (JSON): ``{"name", "link", "truth", "seed", "gap": [s, s], "fill_seconds": [s, s],
 "volume": [l, l], "pace", "max_sales", "digits": 6|8, "echo": true, "pos_controlled": false,
-"patience": s, "pumps": [{"address": 1-16, "nozzles": [{"number": grade 1-16, "price",
+"patience": s, "closed": false, "pumps": [{"address": 1-16, "nozzles": [{"number": grade 1-16, "price",
 "vol_total", "amt_total"}]}]}``. Integers are raw (volume, amount, price and totals 2 decimals).
 
 Control (datagram socket at ``<link>.ctl``): ``silence <address|all> on|off`` (the loop still
@@ -204,7 +204,7 @@ class GilbarcoLoop:
         self.pos_controlled = bool(spec.get("pos_controlled", False))
         self.patience = spec.get("patience", 20.0)
         self.started = 0
-        self.closed = False
+        self.closed = bool(spec.get("closed", False))  # no customers until "open"
         self.truth = open(spec["truth"], "a", buffering=1)
         self.pumps = {p["address"]: SimPump(p, self) for p in spec["pumps"]}
         self.pty = SimPty(spec["link"])
