@@ -136,6 +136,7 @@ class Config:
     tolerance: MeteringTolerance
     totals_snapshot_interval: float
     uplink: UplinkConfig
+    ports_per_process: int
     source: str
     digest: str  # sha256 of the file: the config version reported to the platform
 
@@ -272,7 +273,7 @@ def parse(text: str, source: str = "<config>", digest: str = "", base_dir: Path 
     data, lines = _compose(text, source)
     c = _Checker(source, lines)
     top = c.mapping(data, (), {"station", "store", "runtime_dir", "log_level", "ports", "metering_tolerance",
-                              "totals_snapshot_interval", "uplink"})
+                              "totals_snapshot_interval", "uplink", "ports_per_process"})
     base = base_dir or Path.cwd()
 
     def resolve(p: str) -> str:
@@ -327,9 +328,11 @@ def parse(text: str, source: str = "<config>", digest: str = "", base_dir: Path 
         port_paths.append(("ports", i))
     _check_tank_links(c, ports, port_paths)
     uplink = _uplink(c, top.get("uplink"), resolve)
+    ports_per_process = c.get(top, "ports_per_process", (), int, 32, _between(1, 64))
     if c.problems:
         raise ConfigError(source, c.problems)
-    return Config(station, store, runtime_dir, log_level, tuple(ports), tolerance, snapshot, uplink, source, digest)
+    return Config(station, store, runtime_dir, log_level, tuple(ports), tolerance, snapshot, uplink,
+                  ports_per_process or 32, source, digest)
 
 
 def _uplink(c: _Checker, raw: Any, resolve) -> UplinkConfig:
