@@ -99,3 +99,43 @@ def test_a_vendor_driver_fills_the_interface(tmp_path):
     assert tracker.poll_source(Vendor(), "p1", pump) == []
     offline = gbt9081.offline_alarms("p1", pump, 5)
     assert [(a["body"]["alarm"], a["nozzle"]) for a in offline] == [("nozzle_offline", 5)]
+
+
+def test_dart_pump_identity_change_is_an_event_end_to_end(tmp_path):
+    """DC9 fills pump_identity for every nozzle of the side; a pump that comes back with another
+    identity (main board swapped) gives identity_changed, and a restart does not repeat anything."""
+    from tests.harness import Station
+
+    st = Station(tmp_path, ports=1, sides=(2, 2), nozzles=(2, 2), seed=5)
+    try:
+        st.start_sims()
+        st.start_daemon()
+        side = st.cfg.ports[0].pumps[1]
+        ids = sorted(n.id for n in side.nozzles)
+        st.wait_for(lambda: len(st.records("identity")) == 4, 20, "an identity per nozzle")
+        st.control("p01", "silence 0x51 on")
+        st.wait_for(lambda: [a for a in st.records("alarm") if a["alarm"] == "nozzle_offline"], 20, "offline")
+        st.control("p01", "identity 0x51 4200000051")
+        st.control("p01", "silence 0x51 off")
+        changed = st.wait_for(lambda: [r for r in st.records("identity") if r["event"] == "identity_changed"], 20,
+                              "identity_changed")
+        st.wait_for(lambda: len([r for r in st.records("identity") if r["event"] == "identity_changed"]) == 2, 5,
+                    "both nozzles of the side")
+        changed = [r for r in st.records("identity") if r["event"] == "identity_changed"]
+        assert sorted(r["nozzle"] for r in changed) == ids
+        assert all(r["changed"] == ["pump_identity"] and r["pump_identity"] == "4200000051" for r in changed)
+        offline = [a["nozzle"] for a in st.records("alarm") if a["alarm"] == "nozzle_offline"]
+        assert sorted(offline) == ids
+        old = st.board("p01")["pid"]
+        st.stop_daemon()
+        st.start_daemon()  # the baseline comes back from the store: nothing new
+
+        def read_again():
+            board = st.board("p01")
+            pumps = board.get("pumps", {}).values()
+            return board.get("pid") != old and len(pumps) == 2 and all(p.get("identity") for p in pumps)
+
+        st.wait_for(read_again, 20, "identities read again by the new driver")
+        assert len(st.records("identity")) == 6
+    finally:
+        st.close()

@@ -55,7 +55,7 @@ def test_200_sales_on_4_ports_stored_exactly_once_in_order(make_station):
 
 
 def test_kill_9_driver_mid_sale_restarts_and_loses_nothing(make_station):
-    st = make_station(ports=2, sides=(2, 2), nozzles=(2, 2), gap=(0.8, 1.5), fill_seconds=(1.0, 2.0))
+    st = make_station(ports=2, sides=(2, 2), nozzles=(2, 2), gap=(2.5, 4.0), fill_seconds=(1.0, 2.0))
     st.start_sims()
     st.start_daemon()
     killed = 0

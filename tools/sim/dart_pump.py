@@ -13,8 +13,8 @@ RESET and AUTHORIZE (and CD2-CD5) are legitimate then, not violations; RESET ret
 status 1, AUTHORIZE to status 2, and a customer who lifted a nozzle waits for it (gives up after
 ``patience`` seconds).
 
-Control (datagram socket at ``<link>.ctl``): ``silence <address|all> on|off``, ``close`` (no new
-customers), ``open``.
+Control (datagram socket at ``<link>.ctl``): ``silence <address|all> on|off``, ``identity <address>
+<10 digits>`` (the DC9 identity from now on), ``close`` (no new customers), ``open``.
 """
 
 from __future__ import annotations
@@ -270,6 +270,8 @@ class DartBus:
             targets = self.pumps.values() if words[1] == "all" else [self.pumps[int(words[1], 0)]]
             for p in targets:
                 p.silent = words[2] == "on"
+        elif words[:1] == ["identity"] and len(words) == 3:  # a pump whose main board was swapped
+            self.pumps[int(words[1], 0)].identity = int(words[2])
         elif words == ["close"]:
             self.closed = True
         elif words == ["open"]:
