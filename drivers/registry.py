@@ -35,7 +35,7 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
     "dart": ProtocolSpec(
         "dart", "drivers.dart.poller:DartPoller", ("master", "listen"),
         serial={"baud": 9600, "data_bits": 8, "parity": "odd", "stop_bits": 1, "response_timeout": 0.05,
-                "inter_command_gap": 0.002, "poll_interval": 0.25, "offline_after": 5},
+                "inter_command_gap": 0.0, "poll_interval": 0.25, "offline_after": 5},
         address_range=(0x50, 0x6F), max_pumps=32, listener="drivers.dart.listener:DartListener",
     ),
     # Gilbarco two-wire current loop: 5787 baud 8E1, the loop echoes what the controller sends;

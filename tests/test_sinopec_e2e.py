@@ -28,7 +28,7 @@ FAST = dict(gap=(0.4, 1.0), fill_seconds=(0.3, 0.7), volume=(2.0, 40.0), resend_
 class SinopecStation(Station):
     """One Sinopec line (``tools.sim.sinopec_pump.make_port``) under the real daemon."""
 
-    def __init__(self, workdir, mode="master", seed=5, **kw):  # noqa: D107 - Station's helpers, own line
+    def __init__(self, workdir, mode="master", seed=5, **kw):  # Station's helpers, our own line
         self.workdir = str(workdir)
         self.broker = self.platform = None  # Station's uplink pieces: not used here
         params = dict(FAST, **kw)

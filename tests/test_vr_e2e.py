@@ -100,3 +100,24 @@ def test_reconciliation_balances_and_a_leak_raises_an_alarm(station):
     assert all(r["within_tolerance"] for r in recon("95"))
     st.wait_for(lambda: st.board("atg")["recon"]["92"]["variance"] < 0, 10, "the status board's last variance")
     assert st.board("atg")["stats"]["variance_alarms"] >= 1
+
+
+def test_tank_records_reach_the_platform_through_the_uplink(station):
+    st = station(ports=1, sides=(1, 1), nozzles=(1, 1), uplink="http", tank_port={
+        **TANK_PORT, "reconciliation": {"interval": 3.0, "tolerance_abs": 5.0, "tolerance_rel": 0.0,
+                                        "boundary_wait": 10.0}})
+    st.wait_for(lambda: st.records("inventory"), 30, "a first inventory")
+    st.control("atg", "deliver 1 1000 2 report")
+
+    def at_platform(kind):
+        return [r for r in st.platform.received() if r["kind"] == kind]
+
+    st.wait_for(lambda: at_platform("delivery") and at_platform("reconciliation") and at_platform("inventory"),
+                90, "inventory, delivery and reconciliation records at the platform")
+    delivery = at_platform("delivery")
+    assert len(delivery) == 1 and delivery[0]["stream"] == "delivery" and delivery[0]["body"]["tank"] == 1
+    assert delivery[0]["body"]["volume"] > 0
+    tanks = at_platform("inventory")
+    assert {r["body"]["tank"] for r in tanks} >= {1} and all(r["stream"] == "tank" for r in tanks)
+    assert all(r["stream"] == "recon" for r in at_platform("reconciliation"))
+    assert st.platform.stats()["devices"]["SIM-STATION-001"]["duplicates"] == 0
