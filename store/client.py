@@ -6,6 +6,7 @@ across writer restarts: a driver keeps its sale until the store has it.
 
 from __future__ import annotations
 
+import secrets
 import socket
 import time
 
@@ -65,7 +66,14 @@ class StoreClient:
         return reply
 
     def put(self, records: list[dict], keep_trying=lambda: True) -> list[tuple[str, int, bool]]:
-        """Durably store records; retry with backoff while ``keep_trying()`` says so."""
+        """Durably store records; retry with backoff while ``keep_trying()`` says so.
+
+        A record without a natural key gets a random one before the first attempt, so a retry after
+        an answer was lost (the writer committed, then died or timed out) is recognised as a repeat.
+        """
+        for rec in records:
+            if rec.get("key") is None:
+                rec["key"] = "u:" + secrets.token_hex(8)
         delay = 0.05
         warned = False
         while True:
