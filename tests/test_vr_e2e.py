@@ -99,7 +99,7 @@ def test_reconciliation_balances_and_a_leak_raises_an_alarm(station):
     assert leaking and all(r["variance"] < 0 for r in leaking)
     assert all(r["within_tolerance"] for r in recon("95"))
     st.wait_for(lambda: st.board("atg")["recon"]["92"]["variance"] < 0, 10, "the status board's last variance")
-    assert st.board("atg")["stats"]["variance_alarms"] >= 1
+    st.wait_for(lambda: st.board("atg")["stats"]["variance_alarms"] >= 1, 10, "the alarm count on the status board")
 
 
 def test_tank_records_reach_the_platform_through_the_uplink(station):

@@ -592,6 +592,9 @@ class Uplink:
         }
 
     def _publish(self, force: bool = False) -> None:
+        if self.state != getattr(self, "_published_state", None):
+            self._published_state = self.state
+            force = True  # the CLI and the tests see a state change at once
         self.board.publish({
             "pid": os.getpid(), "updated": time.time(), "state": self.state, "transport": self.cfg.transport,
             "key_id": self.session.key_id if self.session else None, "inflight": len(self.inflight),

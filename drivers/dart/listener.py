@@ -68,6 +68,7 @@ class ListenSide:
     capture: Capture | None = None
     totals: dict = field(default_factory=dict)  # logical nozzle -> [vol_total, amt_total]
     chain: dict = field(default_factory=dict)
+    last: dict = field(default_factory=dict)  # nozzle -> (volume, amount, vol_total) of the last stored sale
     states: dict = field(default_factory=dict)
     next_snapshot: float = 0.0
     sales: int = 0
@@ -132,6 +133,7 @@ class DartListener:
             raw = sale.get("raw") or []
             if len(raw) == 5 and raw[3] is not None:
                 side.chain[n.number] = (raw[3], raw[4])
+                side.last[n.number] = (raw[0], raw[1], raw[3])
 
     # ---------------------------------------------------------------- frames and direction
 
@@ -330,8 +332,9 @@ class DartListener:
             return
         start = side.chain.get(cap.nozzle)
         if cap.vol_total is not None:
-            if start and start[0] == cap.vol_total:
-                return  # totals did not move since the last stored sale: that sale again, or no fuel
+            again = side.last.get(cap.nozzle) == (fill[0], fill[1], cap.vol_total)
+            if start and start[0] == cap.vol_total and (fill[0] == 0 or again):
+                return  # no fuel, or the stored sale again
         elif fill[0] == 0:
             return
         else:
@@ -346,6 +349,7 @@ class DartListener:
         results = ctx.capture([*gaps, sale, *[r for r in raised if r["kind"] != "gap"]])
         if cap.vol_total is not None:
             side.chain[cap.nozzle] = (cap.vol_total, cap.amt_total)
+            side.last[cap.nozzle] = (fill[0], fill[1], cap.vol_total)
         elif start is not None:  # the totals moved by this sale: keep the chain checkable
             side.chain[cap.nozzle] = (start[0] + fill[0], start[1] + fill[1] if start[1] is not None else None)
         if not results[len(gaps)][2]:

@@ -76,6 +76,7 @@ class DartPoller:
         self.line: Line | None = None
         self.framer = dart.Framer()
         self.identities = gbt9081.IdentityTracker(ctx, [n.id for p in ctx.port.pumps for n in p.nozzles])
+        self.last_stored: dict[tuple[int, int], tuple] = {}  # (address, nozzle) -> volume, amount, vol_total
         self.stats = {"polls": 0, "timeouts": 0, "bad_frames": 0, "naks": 0, "cycles": 0, "sales": 0,
                       "duplicates": 0, "cycle_ms": 0.0, "started": time.time(), "first_poll": None}
 
@@ -117,6 +118,7 @@ class DartPoller:
             raw = sale.get("raw") or []
             if len(raw) == 5:
                 side.chain[n.number] = (raw[3], raw[4])
+                self.last_stored[(side.cfg.address, n.number)] = (raw[0], raw[1], raw[3])
 
     # ---------------------------------------------------------------- one pump visit
 
@@ -309,13 +311,15 @@ class DartPoller:
         start = side.chain.get(cap.nozzle)
         raw = records.RawSale(volume=cap.fill[0], amount=cap.fill[1], price=cap.price or 0,
                               vol_total=cap.vol_total, amt_total=cap.amt_total)
-        if start and start[0] == raw.vol_total:
-            return  # totals unmoved since the last stored sale: no fuel, or that sale again (after a restart)
+        again = self.last_stored.get((side.cfg.address, cap.nozzle)) == (raw.volume, raw.amount, raw.vol_total)
+        if start and start[0] == raw.vol_total and (raw.volume == 0 or again):
+            return  # no fuel, or the stored sale again (a restart while the pump still shows it)
         sale, raised = records.sale(self.ctx.station, self.port, side.cfg, nozzle_cfg, raw,
                                     start[0] if start else None, start[1] if start else None, self.ctx.tolerance)
         gaps = [r for r in raised if r["kind"] == "gap"]
         results = self.ctx.capture([*gaps, sale, *[r for r in raised if r["kind"] != "gap"]])
         side.chain[cap.nozzle] = (raw.vol_total, raw.amt_total)
+        self.last_stored[(side.cfg.address, cap.nozzle)] = (raw.volume, raw.amount, raw.vol_total)
         if not results[len(gaps)][2]:
             side.sales += 1
             self.stats["sales"] += 1

@@ -65,6 +65,7 @@ class ListenPump:
     pending: Pending | None = None
     totals: dict = field(default_factory=dict)  # grade -> [vol_total, amt_total, ppu1]
     chain: dict = field(default_factory=dict)
+    last: dict = field(default_factory=dict)  # grade -> (volume, money, vol_total) of the last stored sale
     states: dict = field(default_factory=dict)
     next_snapshot: float = 0.0
     sales: int = 0
@@ -132,6 +133,7 @@ class GilbarcoListener:
             raw = sale.get("raw") or []
             if len(raw) == 5 and raw[3] is not None:
                 pump.chain[n.number] = (raw[3], raw[4])
+                pump.last[n.number] = (raw[0], raw[1], raw[3])
 
     # ---------------------------------------------------------------- the conversation
 
@@ -268,8 +270,8 @@ class GilbarcoListener:
         start = pump.chain.get(txn.grade)
         pair = totals.get(txn.grade) if totals else None
         if pair is not None:
-            if start and start == pair:
-                return  # totals did not move since the last stored sale: that sale again, or no fuel
+            if start and start == pair and (txn.volume == 0 or pump.last.get(txn.grade) == (txn.volume, txn.money, pair[0])):
+                return  # no fuel, or the stored sale again
             raw = records.RawSale(txn.volume, txn.money, txn.ppu, pair[0], pair[1])
         else:
             if txn.volume == 0:
@@ -283,6 +285,7 @@ class GilbarcoListener:
         results = ctx.capture([*gaps, sale, *[r for r in raised if r["kind"] != "gap"]])
         if pair is not None:
             pump.chain[txn.grade] = pair
+            pump.last[txn.grade] = (txn.volume, txn.money, pair[0])
         elif start is not None:  # the totals must have moved by this sale: keep the chain checkable
             pump.chain[txn.grade] = (start[0] + txn.volume, start[1] + txn.money if start[1] is not None else None)
         if not results[len(gaps)][2]:

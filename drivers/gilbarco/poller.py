@@ -101,6 +101,7 @@ class Pump:
     next_snapshot: float = 0.0
     totals: dict = field(default_factory=dict)  # grade -> [vol_total, amt_total, ppu1]
     chain: dict = field(default_factory=dict)  # grade -> (vol_total, amt_total) at the last stored sale
+    last: dict = field(default_factory=dict)  # grade -> (volume, money, vol_total) of the last stored sale
     states: dict = field(default_factory=dict)  # station nozzle id -> state
     sales: int = 0
     price: int | None = None
@@ -155,6 +156,7 @@ class GilbarcoPoller:
             raw = sale.get("raw") or []
             if len(raw) == 5 and raw[3] is not None:
                 pump.chain[n.number] = (raw[3], raw[4])
+                pump.last[n.number] = (raw[0], raw[1], raw[3])
 
     # ---------------------------------------------------------------- the line
 
@@ -334,8 +336,9 @@ class GilbarcoPoller:
             return
         vol_total, amt_total = totals[txn.grade]
         start = pump.chain.get(txn.grade)
-        if start and start[0] == vol_total and start[1] == amt_total:
-            return  # totals did not move since the last stored sale: that sale, or no fuel at all
+        again = pump.last.get(txn.grade) == (txn.volume, txn.money, vol_total)
+        if start and start == (vol_total, amt_total) and (txn.volume == 0 or again):
+            return  # no fuel, or the stored sale again (a restart while the pump still shows it)
         raw = records.RawSale(volume=txn.volume, amount=txn.money, price=txn.ppu, vol_total=vol_total,
                               amt_total=amt_total)
         sale, raised = records.sale(ctx.station, self.port, pump.cfg, nozzle_cfg, raw,
@@ -343,6 +346,7 @@ class GilbarcoPoller:
         gaps = [r for r in raised if r["kind"] == "gap"]
         results = ctx.capture([*gaps, sale, *[r for r in raised if r["kind"] != "gap"]])
         pump.chain[txn.grade] = (vol_total, amt_total)
+        pump.last[txn.grade] = (txn.volume, txn.money, vol_total)
         if not results[len(gaps)][2]:
             pump.sales += 1
             self.stats["sales"] += 1
