@@ -327,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--pace", type=float, default=1.0, help="customer speed factor (<1 = faster)")
     p.add_argument("--quiet", action="store_true", help="no live view")
+    p.add_argument("--mix", action="store_true",
+                   help="a mixed station: DART master, Sinopec listen, Gilbarco master, DART listen ports")
     p.add_argument("--tanks", action="store_true", help="add a tank console (VR) fed by the pumps' sales")
     p.add_argument("--uplink", choices=["mqtt", "http", "auto", "none"], default="auto",
                    help="deliver to the reference platform (auto: MQTT when mosquitto is installed, else HTTP)")

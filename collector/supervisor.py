@@ -66,11 +66,6 @@ UPLINK_NICE = 10  # capture beats upload: a draining backlog must never starve a
 
 def uplink_child(config) -> int:
     os.nice(UPLINK_NICE)
-    up = config.uplink
-    if not (up.mqtt_tls or up.http_url.startswith("https:")):
-        # paho and http.client import ssl (5 MB with its OpenSSL) even when TLS is off; both tolerate
-        # its absence, so it is not loaded unless TLS is configured.
-        sys.modules.setdefault("ssl", None)
     from uplink import worker  # paho, cryptography and gmssl load here, in this child only
 
     return worker.main(config)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 import time
@@ -14,8 +13,9 @@ import time
 import yaml
 
 from collector.config import load
-from tests.harness import FAST, ROOT, Station
+from tests.harness import ROOT, Station
 from tools import station
+from tools.forecourt import dart_bus, gilbarco_loop, listen_port  # noqa: F401  (re-exported for the tests)
 
 GRADES = station.GRADES
 DECIMALS = {"volume": 2, "amount": 2, "price": 2, "totals": 2}
@@ -85,80 +85,10 @@ def station_control(link: str, command: str) -> None:
     control(link, command)
 
 
-def gilbarco_loop(workdir, name: str, pumps=3, grades=(1, 3), seed: int = 5, first_id: int = 1,
-                  mode: str = "master", options: dict | None = None, **sim) -> tuple[dict, dict]:
-    """(collector port config, pump simulator spec) for one Gilbarco loop; ``pumps``: a count
-    (pumps 1..n) or a list of pump numbers (16 is nibble 0 on the wire)."""
-    rng = random.Random(seed)
-    link = os.path.join(str(workdir), f"tty-{name}")
-    port_pumps, sim_pumps = [], []
-    nid = first_id
-    for address in (range(1, pumps + 1) if isinstance(pumps, int) else pumps):
-        ncfg, nsim = [], []
-        for grade in range(1, rng.randint(*grades) + 1):
-            code, gname, price = GRADES[(grade - 1) % len(GRADES)]
-            ncfg.append({"number": grade, "id": nid, "grade": {"code": code, "name": gname}, "decimals": DECIMALS})
-            nsim.append({"number": grade, "price": price, "vol_total": rng.randint(10**5, 10**7),
-                         "amt_total": rng.randint(10**6, 5 * 10**7)})
-            nid += 1
-        port_pumps.append({"address": address, "nozzles": ncfg})
-        sim_pumps.append({"address": address, "nozzles": nsim})
-    port = {"name": name, "device": link, "protocol": "gilbarco", "mode": mode, "poll_interval": 0.05,
-            "response_timeout": 0.2, "pumps": port_pumps}
-    if options:
-        port["options"] = options
-    spec = {"name": name, "link": link, "truth": os.path.join(str(workdir), "truth.jsonl"), "seed": seed,
-            "gap": list(FAST["gap"]), "fill_seconds": list(FAST["fill_seconds"]), "volume": list(FAST["volume"]),
-            "pumps": sim_pumps}
-    spec.update(sim)
-    return port, spec
 
 
-def listen_port(workdir, port: dict, pump_spec: dict, pump_module: str, pos_module: str, pos: dict | None = None,
-                baud: int = 0, bits: int = 11) -> dict:
-    """A port in listen mode: the pump simulator (run ``pos_controlled``), a POS master driving it
-    (started paused: resume it with ``"pause off"`` once the collector listens), and the bus tap
-    the collector opens (``port["device"]``). Returns ``{"port", "sims", "tap", "pos"}``."""
-    name = port["name"]
-    tap_link = port["device"]
-    bus_link = os.path.join(str(workdir), f"tty-{name}-bus")
-    pos_link = os.path.join(str(workdir), f"tty-{name}-pos")
-    pump_spec = dict(pump_spec, link=bus_link, pos_controlled=True)
-    pos_spec = {"name": name, "link": pos_link, "pumps": [p["address"] for p in port["pumps"]], "paused": True}
-    pos_spec.update(pos or {})
-    tap_spec = {"name": name, "master": pos_link, "bus": bus_link, "tap": tap_link, "baud": baud, "bits": bits,
-                "truth": pump_spec["truth"]}
-    port = dict(port, mode="listen")
-    return {"port": port, "sims": [(pump_module, pump_spec), (pos_module, pos_spec), ("tools.sim.bus_tap", tap_spec)],
-            "tap": tap_spec, "pos": pos_spec}
 
 
-def dart_bus(workdir, name: str, sides: int = 2, nozzles=(1, 2), seed: int = 9, first_id: int = 1,
-             mode: str = "master", options: dict | None = None, **sim) -> tuple[dict, dict]:
-    """(collector port config, DART pump simulator spec) for one DART bus; sides 0x50.."""
-    rng = random.Random(seed)
-    link = os.path.join(str(workdir), f"tty-{name}")
-    port_pumps, sim_pumps = [], []
-    nid = first_id
-    for s in range(sides):
-        ncfg, nsim = [], []
-        for number in range(1, rng.randint(*nozzles) + 1):
-            code, gname, price = GRADES[(number - 1) % len(GRADES)]
-            ncfg.append({"number": number, "id": nid, "grade": {"code": code, "name": gname}, "decimals": DECIMALS})
-            nsim.append({"number": number, "price": price, "vol_total": rng.randint(10**6, 10**8),
-                         "amt_total": rng.randint(10**7, 10**9)})
-            nid += 1
-        port_pumps.append({"address": 0x50 + s, "nozzles": ncfg})
-        sim_pumps.append({"address": 0x50 + s, "nozzles": nsim})
-    port = {"name": name, "device": link, "protocol": "dart", "mode": mode, "poll_interval": 0.05,
-            "response_timeout": 0.2, "pumps": port_pumps}
-    if options:
-        port["options"] = options
-    spec = {"name": name, "link": link, "truth": os.path.join(str(workdir), "truth.jsonl"), "seed": seed,
-            "gap": list(FAST["gap"]), "fill_seconds": list(FAST["fill_seconds"]), "volume": list(FAST["volume"]),
-            "pumps": sim_pumps}
-    spec.update(sim)
-    return port, spec
 
 
 def truth_by_nozzle(forecourt: Station) -> dict[int, list[dict]]:

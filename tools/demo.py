@@ -134,18 +134,34 @@ def main(args) -> int:
         from tools.platform_run import uplink_config
 
         extra["extra"] = {"uplink": uplink_config(workdir, transport, platform, broker.port if broker else None)}
-    cfg_path, specs = station.make_station(workdir, ports=args.ports, seed=args.seed,
-                                           gap=(2.0 * args.pace, 8.0 * args.pace),
-                                           fill_seconds=(3.0 * args.pace, 10.0 * args.pace),
-                                           **(_tank_options(args.duration) if getattr(args, "tanks", False) else {}),
-                                           **extra)
+    mixed = getattr(args, "mix", False)
+    if mixed:
+        from tools import forecourt
+
+        cfg_path, sim_list = forecourt.make_mixed_station(
+            workdir, ports=args.ports, seed=args.seed, gap=(2.0 * args.pace, 8.0 * args.pace),
+            fill_seconds=(3.0 * args.pace, 10.0 * args.pace), extra=extra.get("extra"))
+        specs = [spec for module, spec in sim_list if module.endswith("_pump")]
+    else:
+        cfg_path, specs = station.make_station(workdir, ports=args.ports, seed=args.seed,
+                                               gap=(2.0 * args.pace, 8.0 * args.pace),
+                                               fill_seconds=(3.0 * args.pace, 10.0 * args.pace),
+                                               **(_tank_options(args.duration) if getattr(args, "tanks", False) else {}),
+                                               **extra)
     from collector.config import load
 
     cfg = load(cfg_path)
     print(f"demo: {len(cfg.ports)} ports, {sum(len(p.pumps) for p in cfg.ports)} pump sides, "
           f"{len(cfg.nozzles())} nozzles; uplink {transport}; files in {workdir}")
     log = open(os.path.join(workdir, "daemon.log"), "w")
-    sims = station.start_simulators(specs)
+    if mixed:
+        kinds: dict[str, int] = {}
+        for port in cfg.ports:
+            kinds[f"{port.protocol} {port.mode}"] = kinds.get(f"{port.protocol} {port.mode}", 0) + 1
+        print("demo: mixed station: " + ", ".join(f"{n} x {k}" for k, n in kinds.items()))
+        sims = forecourt.start_sims(sim_list, log)
+    else:
+        sims = station.start_simulators(specs)
     daemon = subprocess.Popen([sys.executable, "-m", "collector.cli", "run", "--config", cfg_path],
                               stdout=log, stderr=subprocess.STDOUT)
     started = time.monotonic()
@@ -164,8 +180,11 @@ def main(args) -> int:
     except KeyboardInterrupt:
         interrupted = True
         print("\ndemo: interrupted; closing the forecourt")
-    for p in sims:  # closing time: no new customers, running fills finish
-        p.send_signal(signal.SIGUSR1)
+    if mixed:  # closing time: no new customers, running fills finish
+        forecourt.close_forecourt(sim_list)
+    else:
+        for p in sims:
+            p.send_signal(signal.SIGUSR1)
     truth_path = specs[0]["truth"]
     from store.ringstore import open_readonly
 

@@ -136,8 +136,12 @@ def compare(truth_sales: list[dict], config, conn) -> dict:
         prev = None
         for (body,) in conn.execute("SELECT body FROM records WHERE kind='sale' AND nozzle=? ORDER BY seq", (nozzle,)):
             b = json.loads(body)
-            if prev is not None and b["raw"][3] - b["raw"][0] != prev:
+            end = b["raw"][3]
+            if end is None:  # stored without totals (a POS that never read them): no chain to check
+                prev = None
+                continue
+            if prev is not None and end - b["raw"][0] != prev:
                 chain_breaks += 1
-            prev = b["raw"][3]
+            prev = end
     return {"sold": len(truth_sales), "stored": sum(stored.values()), "missing": len(missing),
             "duplicated": duplicated, "chain_breaks": chain_breaks, "missing_list": missing[:10]}

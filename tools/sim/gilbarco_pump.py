@@ -35,6 +35,8 @@ import random
 import selectors
 import signal
 import socket
+import subprocess
+import sys
 import time
 
 from drivers.gilbarco import codec as gc
@@ -310,6 +312,25 @@ class GilbarcoLoop:
             os.unlink(self.ctl_path)
             self.pty.close()
             self.truth.close()
+
+
+def control(link: str, command: str) -> None:
+    """Send a control command to a running simulator."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        s.sendto(command.encode(), link + ".ctl")
+    finally:
+        s.close()
+
+
+def start(spec: dict, log=None) -> subprocess.Popen:
+    """Start a loop simulator; returns once its pty link and control socket exist."""
+    from tools.sim.bus_tap import wait_for_path
+
+    proc = subprocess.Popen([sys.executable, "-m", "tools.sim.gilbarco_pump", "--spec", json.dumps(spec)],
+                            stdout=log or subprocess.DEVNULL, stderr=log or subprocess.DEVNULL)
+    wait_for_path(spec["link"] + ".ctl", proc, f"Gilbarco loop simulator {spec['name']}")
+    return proc
 
 
 def main(argv=None) -> None:
