@@ -22,7 +22,7 @@ system-deps:
 	  else echo "please install:$$missing (tests that need them will be skipped)"; fi; fi
 
 demo: $(STAMP)
-	$(BIN)/collector demo --ports 32 --duration 60
+	$(BIN)/collector demo --mix --ports 32 --duration 60
 
 test: $(STAMP) system-deps
 	$(BIN)/ruff check .

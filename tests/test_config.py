@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_example_station_is_valid():
     cfg = load(ROOT / "etc" / "collector.yaml")
     assert cfg.station.device_id == "GD-SZ-NS-0042-C01"
-    assert len(cfg.nozzles()) == 12
+    assert len(cfg.nozzles()) == 16
     dart1 = cfg.ports[0]
     assert (dart1.serial.baud, dart1.serial.parity, dart1.serial.data_bits) == (9600, "odd", 8)
     assert cfg.ports[1].serial.baud == 19200 and cfg.ports[1].serial.parity == "odd"  # protocol default

@@ -84,6 +84,23 @@ def _tank_summary(cfg, conn, workdir: str) -> bool:
     return by_tank == sorted(d["tank"] for d in stored)
 
 
+def _open_when_polled(cfg, specs: list[dict], daemon, timeout: float = 60.0) -> None:
+    """Customers come in only once the collector polls (or listens on) every port: a sale finished
+    before the collector started is, in listen mode, already acknowledged by the POS."""
+    from collector.statusboard import read_all
+    from tools.sim.dart_pump import control
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and daemon.poll() is None:
+        boards = read_all(cfg.runtime_dir)
+        if all(boards.get(f"port-{p.name}", {}).get("stats", {}).get("first_poll") for p in cfg.ports):
+            break
+        time.sleep(0.2)
+    for spec in specs:
+        if spec.get("kind") != "vr":
+            control(spec["link"], "open")
+
+
 def _start_platform(workdir: str, choice: str):
     """The reference platform (and a Mosquitto broker for MQTT). auto: MQTT when mosquitto is installed."""
     if choice == "none":
@@ -142,8 +159,10 @@ def main(args) -> int:
             workdir, ports=args.ports, seed=args.seed, gap=(2.0 * args.pace, 8.0 * args.pace),
             fill_seconds=(3.0 * args.pace, 10.0 * args.pace), extra=extra.get("extra"))
         specs = [spec for module, spec in sim_list if module.endswith("_pump")]
+        for spec in specs:
+            spec["closed"] = True
     else:
-        cfg_path, specs = station.make_station(workdir, ports=args.ports, seed=args.seed,
+        cfg_path, specs = station.make_station(workdir, ports=args.ports, seed=args.seed, closed=True,
                                                gap=(2.0 * args.pace, 8.0 * args.pace),
                                                fill_seconds=(3.0 * args.pace, 10.0 * args.pace),
                                                **(_tank_options(args.duration) if getattr(args, "tanks", False) else {}),
@@ -164,6 +183,7 @@ def main(args) -> int:
         sims = station.start_simulators(specs)
     daemon = subprocess.Popen([sys.executable, "-m", "collector.cli", "run", "--config", cfg_path],
                               stdout=log, stderr=subprocess.STDOUT)
+    _open_when_polled(cfg, specs, daemon)
     started = time.monotonic()
     interrupted = False
     try:

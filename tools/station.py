@@ -20,6 +20,7 @@ DEVICE_ID = "SIM-STATION-001"
 def make_station(workdir: str, ports: int = 32, seed: int = 7, *, sides=(1, 2), nozzles=(1, 4),
                  gap=(2.0, 8.0), fill_seconds=(3.0, 10.0), volume=(5.0, 60.0), max_sales=None,
                  poll_interval=0.25, response_timeout=0.2, sales_per_nozzle=2000, extra: dict | None = None,
+                 closed: bool = False,
                  tanks: bool = False, tank_port: dict | None = None, tank_sim: dict | None = None):
     """Write ``collector.yaml`` in ``workdir``; return (config path, list of simulator specs).
 
@@ -53,7 +54,7 @@ def make_station(workdir: str, ports: int = 32, seed: int = 7, *, sides=(1, 2), 
                           "poll_interval": poll_interval, "response_timeout": response_timeout, "pumps": pump_cfgs})
         specs.append({"name": name, "link": link, "truth": os.path.join(workdir, "truth.jsonl"),
                       "seed": seed * 1000 + i, "gap": list(gap), "fill_seconds": list(fill_seconds),
-                      "volume": list(volume), "max_sales": max_sales, "pumps": pump_specs})
+                      "volume": list(volume), "max_sales": max_sales, "closed": closed, "pumps": pump_specs})
     if tanks:
         port_cfg, spec = _tank_console(workdir, port_cfgs, tank_port, tank_sim)
         port_cfgs.append(port_cfg)

@@ -234,7 +234,7 @@ class DartBus:
         self.pos_controlled = bool(spec.get("pos_controlled", False))
         self.patience = spec.get("patience", 20.0)
         self.started = 0
-        self.closed = False
+        self.closed = bool(spec.get("closed", False))  # no customers until "open"
         self.truth = open(spec["truth"], "a", buffering=1)
         self.pumps = {p["address"]: SimPump(p, self) for p in spec["pumps"]}
         self.pty = SimPty(spec["link"])

@@ -338,7 +338,7 @@ class SinopecLine:
         self.resend_after = spec.get("resend_after", 8.0)
         self.pc_address = spec.get("pc_address")  # None: answer any PC
         self.started = 0
-        self.closed = False
+        self.closed = bool(spec.get("closed", False))  # no customers until "open"
         self.truth = open(spec["truth"], "a", buffering=1)
         self.status_path = spec.get("status") or spec["link"] + ".status.json"
         self.dispensers = {p["address"]: SimDispenser(p, self) for p in spec["pumps"]}
