@@ -12,7 +12,7 @@ from tests.harness import Station
 
 TANK_PORT = {"inventory_interval": 0.3, "delivery_interval": 0.5, "alarm_interval": 1.0, "leak_test_interval": 5.0,
              "clock_interval": 5.0, "response_timeout": 0.5,
-             "derived_delivery": {"start_rise": 100.0, "min_volume": 500.0, "settle": 2.0, "grace": 2.0,
+             "derived_delivery": {"start_rise": 100.0, "min_volume": 500.0, "settle": 5.0, "grace": 5.0,
                                   "baseline_window": 30.0}}
 
 

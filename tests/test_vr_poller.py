@@ -20,7 +20,7 @@ from tests.harness import Station
 
 FAST = {"inventory_interval": 0.3, "delivery_interval": 0.5, "alarm_interval": 0.5, "leak_test_interval": 0.5,
         "clock_interval": 1.0, "response_timeout": 0.3, "snapshot_interval": 3.0,
-        "derived_delivery": {"start_rise": 50.0, "min_volume": 300.0, "settle": 1.5, "grace": 2.0,
+        "derived_delivery": {"start_rise": 50.0, "min_volume": 300.0, "settle": 4.0, "grace": 4.0,
                              "baseline_window": 30.0},
         "reconciliation": {"interval": 3.0, "tolerance_abs": 5.0, "boundary_wait": 1.0}}
 
