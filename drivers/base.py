@@ -12,9 +12,11 @@ IDs, software ID, lock state, safety check) and hands the readings to a
 from __future__ import annotations
 
 import os
+import time
 
 from collector import logsetup
 from collector.statusboard import StatusBoard
+from drivers import records
 from store.client import StoreClient
 from store.protocol import SOCKET_NAME
 
@@ -38,3 +40,34 @@ class DriverContext:
         if not records:
             return []
         return self.store.put(records, keep_trying=lambda: not self.stopping())
+
+
+def last_sales(ctx: DriverContext, nozzles) -> list[tuple]:
+    """Each nozzle's last stored sale as ``(owner, nozzle config, sale body)``, from ``(owner, nozzle)``
+    pairs, so a restarted driver continues its totals chain. Empty when the store cannot answer yet:
+    the chain then starts from the first totals read."""
+    streams = {records.sale_stream(n.id): (owner, n) for owner, n in nozzles}
+    try:
+        found = ctx.store.last_sales(list(streams))
+    except Exception as exc:  # noqa: BLE001 - any store failure means "no history", never a crash
+        ctx.log.warning("could not read last sales from the store: %s", exc)
+        return []
+    return [(*streams[stream], sale) for stream, sale in found.items()]
+
+
+def poll_cycles(ctx: DriverContext, units, visit, stats: dict, publish, interval: float) -> None:
+    """The master-mode loop every poller shares: visit each pump in turn, publish, and sleep what is
+    left of ``interval``; returns when the driver is told to stop."""
+    while not ctx.stopping():
+        start = time.monotonic()
+        for unit in units:
+            if ctx.stopping():
+                break
+            visit(unit)
+        elapsed = time.monotonic() - start
+        stats["cycles"] += 1
+        stats["cycle_ms"] = round(elapsed * 1000, 2)
+        publish()
+        rest = interval - elapsed
+        if rest > 0 and not ctx.stopping():
+            time.sleep(rest)

@@ -7,15 +7,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-import time
 
 import yaml
 
 from collector.config import load
-from tests.harness import ROOT, Station
+from tests.harness import Station
 from tools import station
-from tools.forecourt import dart_bus, gilbarco_loop, listen_port  # noqa: F401  (re-exported for the tests)
+from tools.forecourt import dart_bus, gilbarco_loop, listen_port, start_sims  # noqa: F401  (re-exported for the tests)
 
 GRADES = station.GRADES
 DECIMALS = {"volume": 2, "amount": 2, "price": 2, "totals": 2}
@@ -54,17 +52,7 @@ class Forecourt(Station):
         self.log = open(os.path.join(self.workdir, "daemon.log"), "a")
 
     def start_sims(self):
-        for module, spec in self.sim_list:
-            wait = (spec.get("status") or spec["tap"] + ".tap.json") if "tap" in spec else spec["link"] + ".ctl"
-            if os.path.exists(wait) and "tap" in spec:
-                os.unlink(wait)
-            self.sims.append(subprocess.Popen([sys.executable, "-m", module, "--spec", json.dumps(spec)], cwd=ROOT,
-                                              stdout=self.log, stderr=subprocess.STDOUT))
-            deadline = time.monotonic() + 20
-            while not os.path.exists(wait):
-                if time.monotonic() > deadline or self.sims[-1].poll() is not None:
-                    raise RuntimeError(f"simulator {module} did not start")
-                time.sleep(0.02)
+        self.sims += start_sims(self.sim_list, self.log)
 
     def open_forecourt(self):
         """Let customers in (simulators started with ``"closed": true``), once the collector polls."""
@@ -80,7 +68,7 @@ class Forecourt(Station):
 
 
 def station_control(link: str, command: str) -> None:
-    from tools.sim.dart_pump import control
+    from tools.sim.common import control
 
     control(link, command)
 

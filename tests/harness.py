@@ -14,7 +14,7 @@ from collector.config import load
 from collector.statusboard import read_all
 from store.ringstore import open_readonly
 from tools import station
-from tools.sim.dart_pump import control
+from tools.sim.common import control
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = dict(gap=(0.4, 1.2), fill_seconds=(0.3, 0.8), volume=(2.0, 40.0), poll_interval=0.05, response_timeout=0.2)

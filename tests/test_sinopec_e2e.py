@@ -20,6 +20,7 @@ from drivers.sinopec.listener import ReadOnlyLine
 from tests.harness import ROOT, Station
 from tools import station
 from tools.sim import bus_tap, sinopec_pos, sinopec_pump
+from tools.sim.common import control
 
 FAST = dict(gap=(0.4, 1.0), fill_seconds=(0.3, 0.7), volume=(2.0, 40.0), resend_after=1.0, poll_interval=0.05,
             response_timeout=0.3)
@@ -57,7 +58,7 @@ class SinopecStation(Station):
         self.sims = sinopec_pump.start_port(self.line_specs, self.log)
 
     def sim(self, command):
-        sinopec_pump.control(self.pump["link"], command)
+        control(self.pump["link"], command)
 
     def sim_status(self, address=None):
         state = sinopec_pump.status(self.pump)

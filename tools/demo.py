@@ -88,7 +88,7 @@ def _open_when_polled(cfg, specs: list[dict], daemon, timeout: float = 60.0) -> 
     """Customers come in only once the collector polls (or listens on) every port: a sale finished
     before the collector started is, in listen mode, already acknowledged by the POS."""
     from collector.statusboard import read_all
-    from tools.sim.dart_pump import control
+    from tools.sim.common import control
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and daemon.poll() is None:

@@ -8,8 +8,6 @@ import importlib
 import os
 import random
 import subprocess
-import sys
-import time
 
 import yaml
 
@@ -150,27 +148,13 @@ def make_mixed_station(workdir: str, ports: int = 8, seed: int = 7, *, gap=(2.0,
 
 
 def start_sims(sims: list[tuple[str, dict]], log=None) -> list[subprocess.Popen]:
-    """Start simulators in order, each waited for (its control socket, or a tap's status file)."""
-    procs = []
-    for module_name, spec in sims:
-        module = importlib.import_module(module_name)
-        if hasattr(module, "start"):
-            procs.append(module.start(spec, log))
-            continue
-        proc = subprocess.Popen([sys.executable, "-m", module_name, "--spec", __import__("json").dumps(spec)],
-                                stdout=log or subprocess.DEVNULL, stderr=log or subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while not os.path.exists(spec["link"] + ".ctl"):
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"simulator {module_name} for {spec.get('name')} did not start")
-            time.sleep(0.02)
-        procs.append(proc)
-    return procs
+    """Start simulators in order (a POS after its pumps, a tap after both), each waited for."""
+    return [importlib.import_module(module).start(spec, log) for module, spec in sims]
 
 
 def close_forecourt(sims: list[tuple[str, dict]]) -> None:
     """No new customers on any pump simulator; fills under way finish."""
-    from tools.sim.dart_pump import control
+    from tools.sim.common import control
 
     for module_name, spec in sims:
         if module_name.endswith("_pump"):

@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass, field
 
 from drivers import gbt9081, records
+from drivers.base import last_sales
 from drivers.dart import codec as dart
 from drivers.serialport import Line
 
@@ -122,14 +123,7 @@ class DartListener:
             self.line.close()
 
     def _restore_chain(self) -> None:
-        streams = {records.sale_stream(n.id): (s, n) for s in self.sides.values() for n in s.cfg.nozzles}
-        try:
-            last = self.ctx.store.last_sales(list(streams))
-        except Exception as exc:  # noqa: BLE001 - store not up yet: the chain starts from the first totals seen
-            self.ctx.log.warning("could not read last sales from the store: %s", exc)
-            return
-        for stream, sale in last.items():
-            side, n = streams[stream]
+        for side, n, sale in last_sales(self.ctx, ((s, n) for s in self.sides.values() for n in s.cfg.nozzles)):
             raw = sale.get("raw") or []
             if len(raw) == 5 and raw[3] is not None:
                 side.chain[n.number] = (raw[3], raw[4])

@@ -14,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from drivers import gbt9081, records
+from drivers.base import last_sales, poll_cycles
 from drivers.dart import codec as dart
 from drivers.serialport import Line
 
@@ -88,33 +89,14 @@ class DartPoller:
         ctx.log.info("polling %d pump(s) on %s", len(self.sides), self.port.device)
         self._restore_chain()
         try:
-            while not ctx.stopping():
-                start = time.monotonic()
-                for side in self.sides:
-                    if ctx.stopping():
-                        break
-                    self._visit(side)
-                elapsed = time.monotonic() - start
-                self.stats["cycles"] += 1
-                self.stats["cycle_ms"] = round(elapsed * 1000, 2)
-                self._publish()
-                rest = self.profile.poll_interval - elapsed
-                if rest > 0 and not ctx.stopping():
-                    time.sleep(rest)
+            poll_cycles(ctx, self.sides, self._visit, self.stats, self._publish, self.profile.poll_interval)
         finally:
             self._publish(force=True)
             self.line.close()
 
     def _restore_chain(self) -> None:
         """The totalizers at each nozzle's last stored sale, so the chain continues across restarts."""
-        streams = {records.sale_stream(n.id): (side, n) for side in self.sides for n in side.cfg.nozzles}
-        try:
-            last = self.ctx.store.last_sales(list(streams))
-        except Exception as exc:  # store not up yet: the chain starts from the first totals read
-            self.ctx.log.warning("could not read last sales from the store: %s", exc)
-            return
-        for stream, sale in last.items():
-            side, n = streams[stream]
+        for side, n, sale in last_sales(self.ctx, ((s, n) for s in self.sides for n in s.cfg.nozzles)):
             raw = sale.get("raw") or []
             if len(raw) == 5:
                 side.chain[n.number] = (raw[3], raw[4])

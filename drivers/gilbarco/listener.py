@@ -34,6 +34,7 @@ import time
 from dataclasses import dataclass, field
 
 from drivers import gbt9081, records
+from drivers.base import last_sales
 from drivers.gilbarco import codec as gc
 from drivers.gilbarco.codec import CommandCode, PumpState
 from drivers.gilbarco.poller import EOT_STATES, IDLE_STATES, STATUS_NAMES, nozzle_states
@@ -122,14 +123,7 @@ class GilbarcoListener:
             self.line.close()
 
     def _restore_chain(self) -> None:
-        streams = {records.sale_stream(n.id): (p, n) for p in self.pumps.values() for n in p.cfg.nozzles}
-        try:
-            last = self.ctx.store.last_sales(list(streams))
-        except Exception as exc:  # noqa: BLE001 - store not up yet: the chain starts from the first totals seen
-            self.ctx.log.warning("could not read last sales from the store: %s", exc)
-            return
-        for stream, sale in last.items():
-            pump, n = streams[stream]
+        for pump, n, sale in last_sales(self.ctx, ((p, n) for p in self.pumps.values() for n in p.cfg.nozzles)):
             raw = sale.get("raw") or []
             if len(raw) == 5 and raw[3] is not None:
                 pump.chain[n.number] = (raw[3], raw[4])

@@ -34,6 +34,7 @@ import time
 from dataclasses import dataclass, field
 
 from drivers import gbt9081, records
+from drivers.base import last_sales, poll_cycles
 from drivers.gilbarco import codec as gc
 from drivers.gilbarco.codec import CommandCode, PumpState
 from drivers.serialport import Line
@@ -126,33 +127,14 @@ class GilbarcoPoller:
         ctx.log.info("polling %d Gilbarco pump(s) on %s", len(self.pumps), self.port.device)
         self._restore_chain()
         try:
-            while not ctx.stopping():
-                start = time.monotonic()
-                for pump in self.pumps:
-                    if ctx.stopping():
-                        break
-                    self._visit(pump)
-                elapsed = time.monotonic() - start
-                self.stats["cycles"] += 1
-                self.stats["cycle_ms"] = round(elapsed * 1000, 2)
-                self._publish()
-                rest = self.profile.poll_interval - elapsed
-                if rest > 0 and not ctx.stopping():
-                    time.sleep(rest)
+            poll_cycles(ctx, self.pumps, self._visit, self.stats, self._publish, self.profile.poll_interval)
         finally:
             self._publish(force=True)
             self.line.close()
 
     def _restore_chain(self) -> None:
         """The totalizers at each nozzle's last stored sale, so the chain continues across restarts."""
-        streams = {records.sale_stream(n.id): (p, n) for p in self.pumps for n in p.cfg.nozzles}
-        try:
-            last = self.ctx.store.last_sales(list(streams))
-        except Exception as exc:  # noqa: BLE001 - store not up yet: the chain starts from the first totals read
-            self.ctx.log.warning("could not read last sales from the store: %s", exc)
-            return
-        for stream, sale in last.items():
-            pump, n = streams[stream]
+        for pump, n, sale in last_sales(self.ctx, ((p, n) for p in self.pumps for n in p.cfg.nozzles)):
             raw = sale.get("raw") or []
             if len(raw) == 5 and raw[3] is not None:
                 pump.chain[n.number] = (raw[3], raw[4])

@@ -36,6 +36,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from drivers import records
+from drivers.base import last_sales, poll_cycles
 from drivers.serialport import Line
 from drivers.sinopec import codec as sc
 
@@ -125,14 +126,7 @@ class SinopecBase:
             return
         except Exception as exc:  # no store file yet, or an older layout: the writer's view will do
             self.ctx.log.info("store file not readable for the chain (%s); asking the store writer", exc)
-        streams = {records.sale_stream(n.id): (d, n) for d in self.dispensers for n in d.cfg.nozzles}
-        try:
-            last = self.ctx.store.last_sales(list(streams))
-        except Exception as exc:  # store not up yet: the chain starts from the first record
-            self.ctx.log.warning("could not read last sales from the store: %s", exc)
-            return
-        for stream, sale in last.items():
-            d, n = streams[stream]
+        for d, n, sale in last_sales(self.ctx, ((x, n) for x in self.dispensers for n in x.cfg.nozzles)):
             raw = sale.get("raw") or []
             if len(raw) == 5:
                 d.chain[n.number] = (raw[3], raw[4])
@@ -440,19 +434,7 @@ class SinopecPoller(SinopecBase):
         ctx.log.info("polling %d Sinopec dispenser(s) on %s as PC %d", len(self.dispensers), self.port.device, self.pc)
         self._restore_chain()
         try:
-            while not ctx.stopping():
-                start = time.monotonic()
-                for d in self.dispensers:
-                    if ctx.stopping():
-                        break
-                    self._visit(d)
-                elapsed = time.monotonic() - start
-                self.stats["cycles"] += 1
-                self.stats["cycle_ms"] = round(elapsed * 1000, 2)
-                self._publish()
-                rest = self.profile.poll_interval - elapsed
-                if rest > 0 and not ctx.stopping():
-                    time.sleep(rest)
+            poll_cycles(ctx, self.dispensers, self._visit, self.stats, self._publish, self.profile.poll_interval)
         finally:
             self._publish(force=True)
             self.line.close()

@@ -38,7 +38,6 @@ replugs the collector's copy (the line keeps running).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import select
@@ -46,11 +45,11 @@ import selectors
 import signal
 import socket
 import subprocess
-import sys
 import time
 import tty
 from collections import deque
 
+from tools.sim.common import bind_control, launch, spec_text
 from tools.sim.pty import SimPty
 
 MASTER, BUS = "master_to_bus", "bus_to_master"
@@ -196,12 +195,7 @@ class BusTap:
         for direction, fd in self.fds.items():
             sel.register(fd, selectors.EVENT_READ, direction)
         sel.register(self.tap.master, selectors.EVENT_READ, "tap")
-        ctl = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        try:
-            os.unlink(self.ctl_path)
-        except FileNotFoundError:
-            pass
-        ctl.bind(self.ctl_path)
+        ctl = bind_control(self.ctl_path)
         sel.register(ctl, selectors.EVENT_READ, "ctl")
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "running", False))
         self.publish(force=True)
@@ -242,17 +236,6 @@ class BusTap:
 # ---------------------------------------------------------------- for tests and the demo
 
 
-def wait_for_path(path: str, proc: subprocess.Popen, what: str, timeout: float = 20.0) -> None:
-    """Wait until a simulator process has created ``path`` (its pty link, socket or status file)."""
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {proc.returncode}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} did not start")
-        time.sleep(0.02)
-
-
 def status(spec: dict) -> dict:
     """The tap's status file (see the module notes)."""
     with open(spec.get("status") or spec["tap"] + ".tap.json") as f:
@@ -279,20 +262,11 @@ def start(spec: dict, log=None) -> subprocess.Popen:
         os.unlink(path)
     except FileNotFoundError:
         pass
-    proc = subprocess.Popen([sys.executable, "-m", "tools.sim.bus_tap", "--spec", json.dumps(spec)],
-                            stdout=log or subprocess.DEVNULL, stderr=log or subprocess.DEVNULL)
-    wait_for_path(path, proc, f"bus tap {spec.get('name', '')}")
-    return proc
+    return launch("tools.sim.bus_tap", spec, log, path, f"bus tap {spec.get('name', '')}")
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--spec", required=True, help="tap spec as JSON text or @file")
-    args = ap.parse_args(argv)
-    text = args.spec
-    if text.startswith("@"):
-        with open(text[1:]) as f:
-            text = f.read()
+    text = spec_text(argv, __doc__, "tap spec as JSON text or @file")
     BusTap(json.loads(text)).run()
 
 

@@ -19,17 +19,16 @@ Control (datagram socket at ``<link>.ctl``): ``silence <address|all> on|off``, `
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
 import selectors
 import signal
-import socket
 import time
 from collections import OrderedDict, deque
 
 from drivers.dart import codec as dart
+from tools.sim.common import bind_control, launch, spec_text
 from tools.sim.pty import SimPty
 
 
@@ -283,12 +282,7 @@ class DartBus:
     def run(self) -> None:
         sel = selectors.DefaultSelector()
         sel.register(self.pty.master, selectors.EVENT_READ, "line")
-        ctl = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        try:
-            os.unlink(self.ctl_path)
-        except FileNotFoundError:
-            pass
-        ctl.bind(self.ctl_path)
+        ctl = bind_control(self.ctl_path)
         sel.register(ctl, selectors.EVENT_READ, "ctl")
         running = [True]
         signal.signal(signal.SIGTERM, lambda *_: running.__setitem__(0, False))
@@ -313,23 +307,13 @@ class DartBus:
             self.truth.close()
 
 
-def control(link: str, command: str) -> None:
-    """Send a control command to a running simulator."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    try:
-        s.sendto(command.encode(), link + ".ctl")
-    finally:
-        s.close()
+def start(spec: dict, log=None):
+    """Start one bus simulator; returns once its pty link and control socket exist."""
+    return launch("tools.sim.dart_pump", spec, log, spec["link"] + ".ctl", f"DART bus simulator {spec['name']}")
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--spec", required=True, help="bus spec as JSON text or @file")
-    args = ap.parse_args(argv)
-    text = args.spec
-    if text.startswith("@"):
-        with open(text[1:]) as f:
-            text = f.read()
+    text = spec_text(argv, __doc__, "bus spec as JSON text or @file")
     DartBus(json.loads(text)).run()
 
 

@@ -25,19 +25,16 @@ starts it paused).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import select
 import signal
-import socket
 import subprocess
-import sys
 import time
 
 from drivers.gilbarco import codec as gc
 from drivers.gilbarco.codec import CommandCode, PumpState
-from tools.sim.bus_tap import wait_for_path
+from tools.sim.common import bind_control, launch, spec_text
 from tools.sim.pty import SimPty
 
 
@@ -188,12 +185,7 @@ class GilbarcoPos:
         os.replace(tmp, self.status_path)
 
     def run(self) -> None:
-        ctl = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        try:
-            os.unlink(self.ctl_path)
-        except FileNotFoundError:
-            pass
-        ctl.bind(self.ctl_path)
+        ctl = bind_control(self.ctl_path)
         ctl.setblocking(False)
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "running", False))
         self.publish(force=True)
@@ -229,20 +221,11 @@ def status(spec: dict) -> dict:
 
 def start(spec: dict, log=None) -> subprocess.Popen:
     """Start the POS simulator; returns once its pty link and control socket exist."""
-    proc = subprocess.Popen([sys.executable, "-m", "tools.sim.gilbarco_pos", "--spec", json.dumps(spec)],
-                            stdout=log or subprocess.DEVNULL, stderr=log or subprocess.DEVNULL)
-    wait_for_path(spec["link"] + ".ctl", proc, f"Gilbarco POS simulator {spec['name']}")
-    return proc
+    return launch("tools.sim.gilbarco_pos", spec, log, spec["link"] + ".ctl", f"Gilbarco POS simulator {spec['name']}")
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--spec", required=True, help="POS spec as JSON text or @file")
-    args = ap.parse_args(argv)
-    text = args.spec
-    if text.startswith("@"):
-        with open(text[1:]) as f:
-            text = f.read()
+    text = spec_text(argv, __doc__, "POS spec as JSON text or @file")
     GilbarcoPos(json.loads(text)).run()
 
 

@@ -28,19 +28,17 @@ as another transmitter on the loop would; the pump does not act on them), ``clos
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
 import selectors
 import signal
-import socket
 import subprocess
-import sys
 import time
 
 from drivers.gilbarco import codec as gc
 from drivers.gilbarco.codec import CommandCode, PumpState
+from tools.sim.common import bind_control, launch, spec_text
 from tools.sim.pty import SimPty
 
 EOT_STATES = (PumpState.PEOT, PumpState.FEOT)
@@ -284,12 +282,7 @@ class GilbarcoLoop:
     def run(self) -> None:
         sel = selectors.DefaultSelector()
         sel.register(self.pty.master, selectors.EVENT_READ, "line")
-        ctl = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        try:
-            os.unlink(self.ctl_path)
-        except FileNotFoundError:
-            pass
-        ctl.bind(self.ctl_path)
+        ctl = bind_control(self.ctl_path)
         sel.register(ctl, selectors.EVENT_READ, "ctl")
         running = [True]
         signal.signal(signal.SIGTERM, lambda *_: running.__setitem__(0, False))
@@ -314,33 +307,14 @@ class GilbarcoLoop:
             self.truth.close()
 
 
-def control(link: str, command: str) -> None:
-    """Send a control command to a running simulator."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    try:
-        s.sendto(command.encode(), link + ".ctl")
-    finally:
-        s.close()
-
-
 def start(spec: dict, log=None) -> subprocess.Popen:
     """Start a loop simulator; returns once its pty link and control socket exist."""
-    from tools.sim.bus_tap import wait_for_path
 
-    proc = subprocess.Popen([sys.executable, "-m", "tools.sim.gilbarco_pump", "--spec", json.dumps(spec)],
-                            stdout=log or subprocess.DEVNULL, stderr=log or subprocess.DEVNULL)
-    wait_for_path(spec["link"] + ".ctl", proc, f"Gilbarco loop simulator {spec['name']}")
-    return proc
+    return launch("tools.sim.gilbarco_pump", spec, log, spec["link"] + ".ctl", f"Gilbarco loop simulator {spec['name']}")
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--spec", required=True, help="loop spec as JSON text or @file")
-    args = ap.parse_args(argv)
-    text = args.spec
-    if text.startswith("@"):
-        with open(text[1:]) as f:
-            text = f.read()
+    text = spec_text(argv, __doc__, "loop spec as JSON text or @file")
     GilbarcoLoop(json.loads(text)).run()
 
 

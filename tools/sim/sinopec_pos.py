@@ -22,20 +22,17 @@ Control (datagram socket at ``<link>.ctl``): ``pause on|off`` (the PC stops and 
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import os
 import random
 import select
 import signal
-import socket
 import subprocess
-import sys
 import time
 
 from drivers.sinopec import codec as sc
-from tools.sim.bus_tap import wait_for_path
+from tools.sim.common import bind_control, launch, spec_text
 from tools.sim.pty import SimPty
 
 
@@ -138,12 +135,7 @@ class PosMaster:
         os.replace(tmp, self.status_path)
 
     def run(self) -> None:
-        ctl = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        try:
-            os.unlink(self.ctl_path)
-        except FileNotFoundError:
-            pass
-        ctl.bind(self.ctl_path)
+        ctl = bind_control(self.ctl_path)
         ctl.setblocking(False)
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "running", False))
         self.publish(force=True)
@@ -173,14 +165,6 @@ class PosMaster:
             self.pty.close()
 
 
-def control(link: str, command: str) -> None:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    try:
-        s.sendto(command.encode(), link + ".ctl")
-    finally:
-        s.close()
-
-
 def status(spec: dict) -> dict:
     with open(spec.get("status") or spec["link"] + ".status.json") as f:
         return json.load(f)
@@ -188,20 +172,11 @@ def status(spec: dict) -> dict:
 
 def start(spec: dict, log=None) -> subprocess.Popen:
     """Start the POS simulator; returns once its pty link and control socket exist."""
-    proc = subprocess.Popen([sys.executable, "-m", "tools.sim.sinopec_pos", "--spec", json.dumps(spec)],
-                            stdout=log or subprocess.DEVNULL, stderr=log or subprocess.DEVNULL)
-    wait_for_path(spec["link"] + ".ctl", proc, f"sinopec POS simulator {spec['name']}")
-    return proc
+    return launch("tools.sim.sinopec_pos", spec, log, spec["link"] + ".ctl", f"sinopec POS simulator {spec['name']}")
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--spec", required=True, help="POS spec as JSON text or @file")
-    args = ap.parse_args(argv)
-    text = args.spec
-    if text.startswith("@"):
-        with open(text[1:]) as f:
-            text = f.read()
+    text = spec_text(argv, __doc__, "POS spec as JSON text or @file")
     PosMaster(json.loads(text)).run()
 
 

@@ -44,21 +44,18 @@ read back); ``forget <address> <n>``: the next n records are lost (3EH answers 3
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import os
 import random
 import selectors
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections import OrderedDict, deque
 
 from drivers.sinopec import codec as sc
-from tools.sim.bus_tap import wait_for_path
+from tools.sim.common import bind_control, launch, spec_text
 from tools.sim.pty import SimPty
 
 EOT_REPLIES = 3  # the firmware's SENDEOT: 31H three times after a fill before offering the record
@@ -423,12 +420,7 @@ class SinopecLine:
     def run(self) -> None:
         sel = selectors.DefaultSelector()
         sel.register(self.pty.master, selectors.EVENT_READ, "line")
-        ctl = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        try:
-            os.unlink(self.ctl_path)
-        except FileNotFoundError:
-            pass
-        ctl.bind(self.ctl_path)
+        ctl = bind_control(self.ctl_path)
         sel.register(ctl, selectors.EVENT_READ, "ctl")
         running = [True]
         signal.signal(signal.SIGTERM, lambda *_: running.__setitem__(0, False))
@@ -460,15 +452,6 @@ class SinopecLine:
 # ---------------------------------------------------------------- for tests, the demo and the station
 
 
-def control(link: str, command: str) -> None:
-    """Send a control command to a running simulator."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    try:
-        s.sendto(command.encode(), link + ".ctl")
-    finally:
-        s.close()
-
-
 def status(spec: dict) -> dict:
     with open(spec.get("status") or spec["link"] + ".status.json") as f:
         return json.load(f)
@@ -476,10 +459,7 @@ def status(spec: dict) -> dict:
 
 def start(spec: dict, log=None) -> subprocess.Popen:
     """Start one dispenser-line simulator; returns once its pty link and control socket exist."""
-    proc = subprocess.Popen([sys.executable, "-m", "tools.sim.sinopec_pump", "--spec", json.dumps(spec)],
-                            stdout=log or subprocess.DEVNULL, stderr=log or subprocess.DEVNULL)
-    wait_for_path(spec["link"] + ".ctl", proc, f"sinopec simulator {spec['name']}")
-    return proc
+    return launch("tools.sim.sinopec_pump", spec, log, spec["link"] + ".ctl", f"sinopec simulator {spec['name']}")
 
 
 def make_port(workdir: str, name: str, first_nozzle_id: int = 1, *, mode: str = "master", seed: int = 7,
@@ -545,13 +525,7 @@ def start_port(specs: dict, log=None) -> list:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--spec", required=True, help="line spec as JSON text or @file")
-    args = ap.parse_args(argv)
-    text = args.spec
-    if text.startswith("@"):
-        with open(text[1:]) as f:
-            text = f.read()
+    text = spec_text(argv, __doc__, "line spec as JSON text or @file")
     SinopecLine(json.loads(text)).run()
 
 

@@ -25,7 +25,6 @@ Control (datagram socket at ``<link>.ctl``), also usable as scripted ``events`` 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import selectors
@@ -36,6 +35,7 @@ from collections import deque
 from datetime import datetime, timedelta
 
 from drivers.vr import codec as vr
+from tools.sim.common import bind_control, spec_text
 from tools.sim.pty import SimPty
 
 STATUS_DELIVERY, STATUS_LEAK_TEST = 0x1, 0x2
@@ -425,12 +425,7 @@ class Console:
         self.sel = sel
         tcp = isinstance(self.pty, TcpLine)
         sel.register(self.pty.listener if tcp else self.pty.master, selectors.EVENT_READ, "accept" if tcp else "line")
-        ctl = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        try:
-            os.unlink(self.ctl_path)
-        except FileNotFoundError:
-            pass
-        ctl.bind(self.ctl_path)
+        ctl = bind_control(self.ctl_path)
         sel.register(ctl, selectors.EVENT_READ, "ctl")
         running = [True]
         signal.signal(signal.SIGTERM, lambda *_: running.__setitem__(0, False))
@@ -465,13 +460,7 @@ def read_deliveries(path: str) -> list[dict]:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--spec", required=True, help="console spec as JSON text or @file")
-    args = ap.parse_args(argv)
-    text = args.spec
-    if text.startswith("@"):
-        with open(text[1:]) as f:
-            text = f.read()
+    text = spec_text(argv, __doc__, "console spec as JSON text or @file")
     Console(json.loads(text)).run()
 
 
